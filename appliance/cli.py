@@ -1,0 +1,35 @@
+"""The `scalebox` command. `scalebox serve` runs the appliance in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import trio
+
+from appliance.config import ConfigError, add_serve_arguments, config_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scalebox", description="ScaleBox self-hosted appliance")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_parser = sub.add_parser("serve", help="run the appliance: gateway, API and sandboxes")
+    add_serve_arguments(serve_parser)
+    ns = parser.parse_args(argv)
+
+    if ns.command == "serve":
+        from appliance.serve import StartupError, serve
+
+        try:
+            config = config_from_args(ns)
+            trio.run(serve, config)
+        except (ConfigError, StartupError) as exc:
+            print(f"scalebox: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""`scalebox serve` settings: parsed from flags and environment into one frozen value."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.tls.certs import normalise_domain
+
+DEFAULT_DOMAIN = "sbx.localhost"
+DEFAULT_LISTEN = "8443"
+DEFAULT_DATA_DIR = "/var/lib/scalebox"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """host None means every interface, IPv4 and IPv6."""
+
+    host: str | None
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    domain: str
+    listen: tuple[ListenAddress, ...]
+    data_dir: Path
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # The port users put in URLs; defaults to the (first) listening port.
+    public_port: int | None = None
+    podman_socket: Path | None = None
+
+    @property
+    def advertised_port(self) -> int:
+        return self.public_port or self.listen[0].port
+
+
+def parse_listen(text: str) -> tuple[ListenAddress, ...]:
+    """`8443`, `:8443`, `127.0.0.1:8443`, `[::1]:8443`, comma-separated."""
+    out: list[ListenAddress] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        host: str | None
+        if part.startswith("["):
+            end = part.find("]:")
+            if end < 0:
+                raise ConfigError(f"--listen {part!r}: write IPv6 as [addr]:port")
+            host, port_text = part[1:end], part[end + 2 :]
+        elif ":" in part:
+            host, port_text = part.rsplit(":", 1)
+            host = host or None
+        else:
+            host, port_text = None, part
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError(f"--listen {part!r}: the port must be 1-65535")
+        out.append(ListenAddress(host, int(port_text)))
+    if not out:
+        raise ConfigError("--listen needs at least one address")
+    return tuple(out)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--domain",
+        default=env("SCALEBOX_DOMAIN", DEFAULT_DOMAIN),
+        help="base domain D: the API is api.D, sandboxes <id>.D (env SCALEBOX_DOMAIN)",
+    )
+    parser.add_argument(
+        "--listen",
+        default=env("SCALEBOX_LISTEN", DEFAULT_LISTEN),
+        help="[host:]port[,...] for TLS and plain HTTP alike (env SCALEBOX_LISTEN)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=env("SCALEBOX_DATA_DIR", DEFAULT_DATA_DIR),
+        help="database, keys and certificates (env SCALEBOX_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=env("SCALEBOX_TLS_CERT"),
+        help="your own certificate for D and *.D, PEM (env SCALEBOX_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key", default=env("SCALEBOX_TLS_KEY"), help="its private key, PEM (env SCALEBOX_TLS_KEY)"
+    )
+    parser.add_argument(
+        "--public-port",
+        type=int,
+        default=env("SCALEBOX_PUBLIC_PORT"),
+        help="port shown in sandbox domains when a proxy in front changes it",
+    )
+    parser.add_argument(
+        "--podman-socket",
+        default=env("SCALEBOX_PODMAN_SOCKET"),
+        help="Podman API socket to use or start (default <data-dir>/podman/podman.sock)",
+    )
+
+
+def config_from_args(ns: argparse.Namespace) -> ServeConfig:
+    try:
+        domain = normalise_domain(ns.domain)
+    except ValueError as exc:
+        raise ConfigError(f"--domain: {exc}") from None
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    public_port = int(ns.public_port) if ns.public_port else None
+    if public_port is not None and not 0 < public_port < 65536:
+        raise ConfigError("--public-port must be 1-65535")
+    return ServeConfig(
+        domain=domain,
+        listen=parse_listen(str(ns.listen)),
+        data_dir=Path(ns.data_dir).absolute(),
+        tls_cert=Path(ns.tls_cert) if ns.tls_cert else None,
+        tls_key=Path(ns.tls_key) if ns.tls_key else None,
+        public_port=public_port,
+        podman_socket=Path(ns.podman_socket) if ns.podman_socket else None,
+    )

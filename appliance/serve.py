@@ -1,0 +1,210 @@
+"""`scalebox serve`: wire the gateway, the control plane and the runtime into one Trio process."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+import agent
+from appliance import log
+from appliance.config import ListenAddress, ServeConfig
+from controlplane.api.app import ApiSettings, create_app
+from controlplane.api.schemas import HostLimits
+from controlplane.apikeys import ensure_admin_key, random_id
+from controlplane.lifecycle.service import LifecycleConfig, SandboxService
+from controlplane.runtime.base import RuntimeFailure
+from controlplane.runtime.podman_runtime import PodmanRuntime
+from controlplane.runtime.service import podman_service
+from controlplane.store import Store
+from controlplane.tokens import load_or_create_secret, verify_access_token
+from gateway.access import SandboxView, Verdict, decide
+from gateway.routing.table import route
+from gateway.server import Gateway
+from gateway.tls.certs import ensure_certificates, load_user_certificate
+from gateway.tls.context import server_context
+from gateway.upstream import Pool, UnixAddress
+
+
+class StartupError(Exception):
+    """The appliance cannot start; the message says what to fix."""
+
+
+def _lock_data_dir(data_dir: Path) -> TextIO:
+    handle = open(data_dir / "appliance.lock", "w")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StartupError(f"another appliance is already running with data dir {data_dir}") from None
+    return handle
+
+
+def _instance_id(data_dir: Path) -> str:
+    path = data_dir / "instance-id"
+    if path.exists():
+        return path.read_text().strip()
+    value = random_id("", 12)
+    path.write_text(value + "\n")
+    return value
+
+
+def _tls(config: ServeConfig) -> tuple[ssl.SSLContext, Path | None]:
+    if config.tls_cert and config.tls_key:
+        try:
+            load_user_certificate(config.tls_cert, config.tls_key)
+        except ValueError as exc:
+            raise StartupError(f"--tls-cert/--tls-key: {exc}") from None
+        return server_context(config.tls_cert, config.tls_key), None
+    paths = ensure_certificates(config.data_dir / "tls", config.domain)
+    return server_context(paths.cert, paths.key), paths.ca_cert
+
+
+def _host_limits() -> HostLimits:
+    cpus = os.cpu_count() or 1
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+    return HostLimits(max_cpu_count=cpus, max_memory_mb=int(memory_mb), default_cpu_count=1, default_memory_mb=512)
+
+
+async def _open_listeners(addresses: tuple[ListenAddress, ...]) -> list[trio.SocketListener]:
+    listeners: list[trio.SocketListener] = []
+    for address in addresses:
+        try:
+            listeners += await trio.open_tcp_listeners(address.port, host=address.host)
+        except OSError as exc:
+            where = f"{address.host or '*'}:{address.port}"
+            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return listeners
+
+
+def _banner(config: ServeConfig, ca: Path | None, admin_key_path: Path, new_key: bool) -> str:
+    port = config.advertised_port
+    suffix = "" if port == 443 else f":{port}"
+    api = f"https://api.{config.domain}{suffix}"
+    ca_text = str(ca) if ca else "(your own certificate)"
+    cacert = f"--cacert {ca} " if ca else ""
+    return "\n".join(
+        [
+            "ScaleBox appliance is running.",
+            f"  API            {api}/v1",
+            f"  Sandboxes      https://<sandbox-id>.{config.domain}{suffix}  and  https://<port>-<sandbox-id>.{config.domain}{suffix}",
+            f"  CA certificate {ca_text}",
+            f"  Admin API key  {admin_key_path}{'  (created now)' if new_key else ''}",
+            "Try it:",
+            f'  curl {cacert}-H "X-API-KEY: $(cat {admin_key_path})" {api}/v1/sandboxes',
+            "Official Python SDK:",
+            f"  export SBX_API_KEY=$(cat {admin_key_path}) SBX_DOMAIN=api.{config.domain}{suffix}/v1"
+            + (f" SSL_CERT_FILE={ca}" if ca else ""),
+            "",
+        ]
+    )
+
+
+async def _watch_signals(shutdown: trio.Event, cancel: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not shutdown.is_set():
+                log.event("appliance.stopping", signal=signal.Signals(signum).name)
+                shutdown.set()
+            else:
+                # A second signal: stop waiting for the drain.
+                cancel.cancel()
+
+
+async def serve(config: ServeConfig) -> None:
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StartupError(f"cannot create data dir {config.data_dir}: {exc.strerror}") from None
+    lock = _lock_data_dir(config.data_dir)
+    try:
+        await _serve_locked(config)
+    finally:
+        lock.close()
+
+
+async def _serve_locked(config: ServeConfig) -> None:
+    data_dir = config.data_dir
+    ssl_context, ca = _tls(config)
+    store = Store(data_dir / "scalebox.db")
+    admin_key_path = data_dir / "admin-api-key"
+    new_key = ensure_admin_key(store, admin_key_path) is not None
+    secret = load_or_create_secret(data_dir / "secret.key")
+    listeners = await _open_listeners(config.listen)
+    socket_path = config.podman_socket or data_dir / "podman" / "podman.sock"
+    api_socket = data_dir / "api.sock"
+    api_socket.unlink(missing_ok=True)
+
+    try:
+        async with podman_service(socket_path) as podman_url:
+            runtime = PodmanRuntime(podman_url)
+            service = SandboxService(
+                store=store,
+                runtime=runtime,
+                config=LifecycleConfig(instance_id=_instance_id(data_dir), agent_dir=Path(agent.__file__).parent),
+            )
+            await service.reconcile()
+            app = create_app(
+                service=service,
+                store=store,
+                settings=ApiSettings(
+                    domain=config.domain, public_port=config.advertised_port, secret=secret, limits=_host_limits()
+                ),
+            )
+
+            def lookup(sandbox_id: str) -> SandboxView | None:
+                rec = store.get_sandbox(sandbox_id)
+                return None if rec is None else SandboxView(state=rec.state.value, ip=rec.ip)
+
+            def router(host: str, token: str | None) -> Verdict:
+                return decide(
+                    route(host, config.domain),
+                    lookup=lookup,
+                    access_token=token,
+                    verify=lambda sid, tok: verify_access_token(secret, sid, tok),
+                    api_address=UnixAddress(str(api_socket)),
+                )
+
+            gateway = Gateway(router=router, ssl_context=ssl_context, pool=Pool())
+            hyper = hypercorn.config.Config()
+            hyper.bind = [f"unix:{api_socket}"]
+            hyper.accesslog = None
+            hyper.errorlog = None
+            hyper.graceful_timeout = gateway.limits.drain_timeout
+
+            shutdown = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
+                await nursery.start(service.run)
+                api_stopped = trio.Event()
+
+                async def run_api() -> None:
+                    try:
+                        await hypercorn.trio.serve(app, hyper, shutdown_trigger=shutdown.wait)
+                    finally:
+                        api_stopped.set()
+
+                nursery.start_soon(run_api)
+                await nursery.start(gateway.serve, listeners, shutdown)
+                log.event(
+                    "appliance.ready", domain=config.domain, ports=[lst.socket.getsockname()[1] for lst in listeners]
+                )
+                sys.stdout.write(_banner(config, ca, admin_key_path, new_key))
+                sys.stdout.flush()
+                await shutdown.wait()
+                # gateway.serve returns once drained; then the API and the reaper stop.
+                with trio.move_on_after(gateway.limits.drain_timeout + 2):
+                    await api_stopped.wait()
+                nursery.cancel_scope.cancel()
+    except RuntimeFailure as exc:
+        raise StartupError(str(exc)) from None
+    finally:
+        store.close()
+    log.event("appliance.stopped")

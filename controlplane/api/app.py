@@ -1,0 +1,218 @@
+"""The Quart application: /v1 routes, API-key auth, and the one place errors become JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from appliance import log
+from controlplane import apikeys
+from controlplane.api import schemas
+from controlplane.api.envelope import failure, success
+from controlplane.errors import ApiError, BadRequest
+from controlplane.lifecycle.service import SandboxService
+from controlplane.records import SandboxRecord
+from controlplane.store import SandboxQuery, Store
+from controlplane.tokens import mint_access_token
+
+MAX_BODY = 1 << 20
+PUBLIC_PATHS = frozenset({"/health", "/v1/scalebox-regions"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiSettings:
+    domain: str
+    public_port: int | None
+    secret: bytes
+    limits: schemas.HostLimits
+    region: str = "local"
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status=status, content_type="application/json")
+
+
+def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) -> QuartTrio:
+    app = QuartTrio("scalebox-controlplane")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    def exposure(rec: SandboxRecord) -> schemas.Exposure:
+        return schemas.Exposure(
+            domain=settings.domain,
+            public_port=settings.public_port,
+            access_token=mint_access_token(settings.secret, rec.id),
+        )
+
+    def render(rec: SandboxRecord) -> dict[str, Any]:
+        return schemas.sandbox_json(rec, exposure(rec), time.time())
+
+    async def body() -> Any:
+        """The request's JSON, or None when it has no body."""
+        raw: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        if not raw.strip():
+            return None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"request body is not UTF-8 (byte {exc.start})", code="invalid_json") from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadRequest(
+                f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                code="invalid_json",
+            ) from None
+        except RecursionError:
+            raise BadRequest("request body is nested too deeply", code="invalid_json") from None
+
+    @app.before_request
+    async def authenticate() -> None:
+        g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        g.started = time.monotonic()
+        if request.path in PUBLIC_PATHS:
+            return
+        g.api_key = apikeys.authenticate(store, request.headers.get("X-API-KEY"))
+
+    @app.after_request
+    async def log_request(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        log.event(
+            "api.request",
+            request_id=g.get("request_id"),
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            ms=round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1),
+        )
+        return response
+
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError) -> Response:
+        return _json(failure(exc.error, exc.message, exc.code, g.get("request_id")), exc.status)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        name = (exc.name or "error").lower().replace(" ", "_")
+        message = {
+            404: f"no such endpoint: {request.method} {request.path}",
+            405: f"method {request.method} is not allowed on {request.path}",
+            413: f"request body is larger than {MAX_BODY} bytes",
+        }.get(status, exc.description or name)
+        return _json(failure(name, message, None, g.get("request_id")), status)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.event("api.crash", request_id=g.get("request_id"), error=repr(exc))
+        return _json(
+            failure(
+                "internal_error", "the appliance failed to handle this request; see its log", None, g.get("request_id")
+            ),
+            500,
+        )
+
+    @app.get("/health")
+    async def health() -> Response:
+        return _json(success({"status": "ok"}))
+
+    @app.get("/v1/scalebox-regions")
+    async def regions() -> Response:
+        return _json(success({"scalebox_regions": [{"id": settings.region, "name": "Self-hosted appliance"}]}))
+
+    @app.post("/v1/sandboxes")
+    async def create_sandbox() -> Response:
+        req = schemas.parse_create(await body(), settings.limits)
+        rec = await service.create(req)
+        return _json(success(render(rec), "sandbox created" if not req.is_async else "sandbox creation started"), 201)
+
+    @app.get("/v1/sandboxes")
+    async def list_sandboxes() -> Response:
+        args = request.args.to_dict()
+        page = schemas.parse_page(args)
+        query = SandboxQuery(
+            states=schemas.parse_states(args.get("status")),
+            metadata=schemas.parse_metadata_filter(args.get("metadata")),
+            limit=page.limit,
+            offset=page.offset,
+        )
+        records, total = service.list(query)
+        data = {"sandboxes": [render(r) for r in records], "pagination": schemas.pagination_json(page, total)}
+        return _json(success(data))
+
+    @app.get("/v1/sandboxes/<sandbox_id>")
+    async def get_sandbox(sandbox_id: str) -> Response:
+        return _json(success(render(service.get(sandbox_id))))
+
+    @app.delete("/v1/sandboxes/<sandbox_id>")
+    async def delete_sandbox(sandbox_id: str) -> Response:
+        rec = await service.delete(sandbox_id)
+        data = {"sandbox_id": rec.id, "status": rec.state.value, "note": "container removed"}
+        return _json(success(data, "sandbox deleted"), 202)
+
+    @app.get("/v1/sandboxes/<sandbox_id>/status")
+    async def sandbox_status(sandbox_id: str) -> Response:
+        return _json(success(schemas.status_json(service.get(sandbox_id))))
+
+    @app.route("/v1/sandboxes/<sandbox_id>/timeout", methods=["POST", "PUT"])
+    async def set_timeout(sandbox_id: str) -> Response:
+        seconds = schemas.parse_timeout(await body())
+        rec = await service.set_timeout(sandbox_id, seconds)
+        now = time.time()
+        data = {
+            "timeout": rec.timeout,
+            "timeout_at": schemas.iso(rec.timeout_at),
+            "used_lifetime": int(now - (rec.started_at or now)),
+            "remaining_time": max(0, int((rec.timeout_at or now) - now)),
+        }
+        return _json(success(data, "timeout updated"))
+
+    @app.post("/v1/sandboxes/<sandbox_id>/pause")
+    async def pause(sandbox_id: str) -> Response:
+        schemas.parse_is_async(await body())
+        rec = await service.pause(sandbox_id)
+        return _json(success(render(rec), "sandbox paused"))
+
+    @app.post("/v1/sandboxes/<sandbox_id>/resume")
+    async def resume(sandbox_id: str) -> Response:
+        payload = await body()
+        schemas.parse_is_async(payload)
+        rec = await service.resume(sandbox_id, schemas.parse_optional_timeout(payload))
+        return _json(success(render(rec), "sandbox resumed"))
+
+    @app.post("/v1/sandboxes/<sandbox_id>/connect")
+    async def connect(sandbox_id: str) -> Response:
+        rec = await service.resume(sandbox_id, schemas.parse_optional_timeout(await body()))
+        return _json(success(render(rec), "sandbox connected"))
+
+    @app.get("/v1/sandboxes/<sandbox_id>/metrics")
+    async def metrics(sandbox_id: str) -> Response:
+        start = schemas.parse_time(request.args.get("start"), "start")
+        end = schemas.parse_time(request.args.get("end"), "end")
+        rec, stats = await service.stats(sandbox_id)
+        now = time.time()
+        items = []
+        # Podman gives a point-in-time sample; no history is kept yet, so the
+        # current sample is returned when it falls inside the asked window.
+        if stats is not None and (start is None or start <= now) and (end is None or now <= end + 1):
+            items.append(
+                {
+                    "timestamp": schemas.iso(now),
+                    "cpu_count": rec.cpu_count,
+                    "cpu_used_pct": round(stats.cpu_used_pct, 2),
+                    "mem_total": stats.mem_total,
+                    "mem_used": stats.mem_used,
+                    "disk_total": rec.storage_gb * (1 << 30),
+                    "disk_used": stats.disk_used,
+                }
+            )
+        return _json(success({"sandbox_id": rec.id, "metrics": items}))
+
+    return app

@@ -1,0 +1,374 @@
+"""The sandbox lifecycle: create, pause, resume, timeout, terminate, and recovery.
+
+Every state change is written to the store *before* the runtime is asked to act and
+again after it answers, so after a crash the row says what was under way; `reconcile`
+finishes or undoes it on the next start. Operations on one sandbox are serialised by
+a per-sandbox lock; different sandboxes proceed concurrently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import trio
+
+from appliance import log
+from controlplane.apikeys import random_id
+from controlplane.errors import ApiError, Conflict, NotFound, Unavailable
+from controlplane.lifecycle import states
+from controlplane.lifecycle.probe import wait_until_healthy
+from controlplane.lifecycle.states import LIVE, State
+from controlplane.records import CreateRequest, SandboxRecord
+from controlplane.runtime.base import (
+    AGENT_MOUNT,
+    AGENT_PORT,
+    ContainerInfo,
+    ContainerNotFound,
+    ContainerSpec,
+    ContainerStats,
+    Runtime,
+    RuntimeFailure,
+)
+from controlplane.store import SandboxQuery, Store
+from controlplane.templates import resolve
+
+LABEL_MANAGED = "io.scalebox.managed"
+LABEL_INSTANCE = "io.scalebox.instance"
+LABEL_SANDBOX = "io.scalebox.sandbox-id"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LifecycleConfig:
+    # Distinguishes this appliance's containers from another's on the same host.
+    instance_id: str
+    agent_dir: Path
+    ready_timeout: float = 30.0
+    reap_interval: float = 1.0
+
+
+class SandboxService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        runtime: Runtime,
+        config: LifecycleConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.config = config
+        self.clock = clock
+        self._locks: dict[str, trio.Lock] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _lock(self, sandbox_id: str) -> trio.Lock:
+        return self._locks.setdefault(sandbox_id, trio.Lock())
+
+    def _save(self, rec: SandboxRecord, **changes: object) -> SandboxRecord:
+        if "state" in changes:
+            target = State(str(changes["state"]))
+            if target is not rec.state:
+                states.check(rec.state, target)
+        new = replace(rec, updated_at=self.clock(), **changes)  # type: ignore[arg-type]
+        self.store.put_sandbox(new)
+        if new.state is not rec.state:
+            log.event("sandbox.state", sandbox_id=rec.id, old=rec.state.value, new=new.state.value, reason=new.reason)
+        return new
+
+    def labels(self, sandbox_id: str | None = None) -> dict[str, str]:
+        labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: self.config.instance_id}
+        if sandbox_id is not None:
+            labels[LABEL_SANDBOX] = sandbox_id
+        return labels
+
+    def get(self, sandbox_id: str) -> SandboxRecord:
+        rec = self.store.get_sandbox(sandbox_id)
+        if rec is None:
+            raise NotFound(f"sandbox {sandbox_id} does not exist", code="sandbox_not_found")
+        return rec
+
+    def list(self, query: SandboxQuery) -> tuple[list[SandboxRecord], int]:
+        return self.store.list_sandboxes(query)
+
+    # -- create ------------------------------------------------------------------
+
+    async def create(self, req: CreateRequest) -> SandboxRecord:
+        template = resolve(req.template)
+        if not await self.runtime.image_exists(template.image):
+            raise Unavailable(
+                f"template {template.id!r} has no local image {template.image}; run `make setup` to build it",
+                code="image_missing",
+            )
+        now = self.clock()
+        rec = SandboxRecord(
+            id=random_id("sbx-", 20),
+            template_id=template.id,
+            state=State.STARTING,
+            cpu_count=req.cpu_count,
+            memory_mb=req.memory_mb,
+            storage_gb=req.storage_gb,
+            timeout=req.timeout,
+            auto_pause=req.auto_pause,
+            allow_internet_access=req.allow_internet_access,
+            secure=req.secure,
+            is_async=req.is_async,
+            name=req.name,
+            metadata=dict(req.metadata),
+            env_vars=dict(req.env_vars),
+            custom_ports=list(req.custom_ports),
+            created_at=now,
+            updated_at=now,
+        )
+        self.store.put_sandbox(rec)
+        log.event("sandbox.create", sandbox_id=rec.id, template=template.id, is_async=req.is_async)
+        env = dict(req.env_vars)
+        if template.start_cmd:
+            env["SCALEBOX_START_CMD"] = template.start_cmd
+        spec = ContainerSpec(
+            name=f"scalebox-{rec.id}",
+            image=template.image,
+            command=["python3", AGENT_MOUNT],
+            env=env,
+            labels=self.labels(rec.id),
+            cpu_count=float(req.cpu_count),
+            memory_mb=req.memory_mb,
+            hostname=rec.id,
+            agent_dir=self.config.agent_dir,
+        )
+        if req.is_async:
+            assert self._nursery is not None, "background tasks need run() to be running"
+            self._nursery.start_soon(self._boot_async, rec, spec)
+            return rec
+        return await self._boot(rec, spec, keep_row_on_failure=False)
+
+    async def _boot_async(self, rec: SandboxRecord, spec: ContainerSpec) -> None:
+        # A failure is already recorded on the row and logged.
+        with contextlib.suppress(ApiError):
+            await self._boot(rec, spec, keep_row_on_failure=True)
+
+    async def _boot(self, rec: SandboxRecord, spec: ContainerSpec, *, keep_row_on_failure: bool) -> SandboxRecord:
+        async with self._lock(rec.id):
+            try:
+                container_id = await self.runtime.create(spec)
+                rec = self._save(rec, container_id=container_id)
+                await self.runtime.start(container_id)
+                info = await self.runtime.inspect(container_id)
+                if not info.ip:
+                    raise RuntimeFailure("the container has no IP address on the sandbox network")
+                rec = self._save(rec, ip=info.ip)
+                deadline = trio.current_time() + self.config.ready_timeout
+                if not await wait_until_healthy(info.ip, AGENT_PORT, deadline=deadline):
+                    raise RuntimeFailure(
+                        f"the sandbox agent did not answer /health within {self.config.ready_timeout:.0f} s"
+                    )
+                now = self.clock()
+                return self._save(rec, state=State.RUNNING, started_at=now, timeout_at=now + rec.timeout)
+            except BaseException as exc:
+                # Undo under a shield: a client that hangs up mid-create must not
+                # leave a container or a half-written row behind.
+                with trio.CancelScope(shield=True):
+                    await self._remove_quietly(rec.id, rec.container_id)
+                    reason = _reason(exc)
+                    log.event("sandbox.create_failed", sandbox_id=rec.id, error=reason)
+                    if keep_row_on_failure:
+                        self._save(rec, state=State.FAILED, reason=reason, ended_at=self.clock(), ip=None)
+                    else:
+                        self.store.delete_sandbox(rec.id)
+                if isinstance(exc, RuntimeFailure):
+                    raise Unavailable(f"sandbox could not be started: {reason}", code="start_failed") from exc
+                raise
+
+    async def _remove_quietly(self, sandbox_id: str, container_id: str | None) -> None:
+        """Remove the container by id, and any other carrying this sandbox's label."""
+        targets = {container_id} if container_id else set()
+        try:
+            targets |= {c.id for c in await self.runtime.list(self.labels(sandbox_id))}
+        except RuntimeFailure as exc:
+            log.event("runtime.error", op="list", sandbox_id=sandbox_id, error=str(exc))
+        for cid in targets:
+            try:
+                await self.runtime.remove(cid)
+            except RuntimeFailure as exc:
+                log.event("runtime.error", op="remove", sandbox_id=sandbox_id, error=str(exc))
+
+    # -- operations on an existing sandbox -----------------------------------------
+
+    async def delete(self, sandbox_id: str) -> SandboxRecord:
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            return await self._terminate(rec, reason="deleted")
+
+    async def _terminate(self, rec: SandboxRecord, *, reason: str) -> SandboxRecord:
+        if rec.state is State.TERMINATED:
+            return rec
+        rec = self._save(rec, state=State.TERMINATING, reason=reason)
+        try:
+            await self._remove_container(rec)
+        except RuntimeFailure as exc:
+            self._save(rec, state=State.FAILED, reason=f"removing the container failed: {exc}")
+            raise Unavailable(f"sandbox {rec.id} could not be removed: {exc}", code="remove_failed") from exc
+        return self._save(rec, state=State.TERMINATED, ended_at=self.clock(), ip=None)
+
+    async def _remove_container(self, rec: SandboxRecord) -> None:
+        if rec.container_id:
+            await self.runtime.remove(rec.container_id)
+        for c in await self.runtime.list(self.labels(rec.id)):
+            await self.runtime.remove(c.id)
+
+    async def pause(self, sandbox_id: str) -> SandboxRecord:
+        async with self._lock(sandbox_id):
+            return await self._pause(self.get(sandbox_id))
+
+    async def _pause(self, rec: SandboxRecord) -> SandboxRecord:
+        if rec.state is State.PAUSED:
+            raise Conflict(f"sandbox {rec.id} is already paused", code="already_paused")
+        if rec.state is not State.RUNNING:
+            raise Conflict(
+                f"sandbox {rec.id} is {rec.state.value}; only a running sandbox can be paused", code="invalid_state"
+            )
+        assert rec.container_id is not None
+        rec = self._save(rec, state=State.PAUSING)
+        try:
+            await self.runtime.pause(rec.container_id or "")
+        except RuntimeFailure as exc:
+            self._save(rec, state=State.RUNNING)
+            raise Unavailable(f"pausing sandbox {rec.id} failed: {exc}", code="pause_failed") from exc
+        return self._save(rec, state=State.PAUSED, paused_at=self.clock())
+
+    async def resume(self, sandbox_id: str, timeout: int | None = None) -> SandboxRecord:
+        """Resume a paused sandbox; a running one is returned as it is (connect semantics)."""
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            if rec.state is State.RUNNING:
+                if timeout is not None:
+                    rec = self._save(rec, timeout=timeout, timeout_at=self.clock() + timeout)
+                return rec
+            if rec.state is not State.PAUSED:
+                raise Conflict(
+                    f"sandbox {rec.id} is {rec.state.value}; only a paused sandbox can be resumed", code="invalid_state"
+                )
+            assert rec.container_id is not None
+            rec = self._save(rec, state=State.RESUMING)
+            try:
+                await self.runtime.unpause(rec.container_id or "")
+            except RuntimeFailure as exc:
+                self._save(rec, state=State.PAUSED)
+                raise Unavailable(f"resuming sandbox {rec.id} failed: {exc}", code="resume_failed") from exc
+            seconds = timeout if timeout is not None else rec.timeout
+            now = self.clock()
+            # A resumed sandbox gets a fresh lifetime: its clock stopped while paused.
+            return self._save(rec, state=State.RUNNING, timeout=seconds, timeout_at=now + seconds, paused_at=None)
+
+    async def set_timeout(self, sandbox_id: str, seconds: int) -> SandboxRecord:
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            if rec.state not in (State.RUNNING, State.PAUSED):
+                raise Conflict(
+                    f"sandbox {rec.id} is {rec.state.value}; its timeout can no longer change", code="invalid_state"
+                )
+            return self._save(rec, timeout=seconds, timeout_at=self.clock() + seconds)
+
+    async def stats(self, sandbox_id: str) -> tuple[SandboxRecord, ContainerStats | None]:
+        rec = self.get(sandbox_id)
+        if rec.state not in (State.RUNNING, State.PAUSED) or rec.container_id is None:
+            return rec, None
+        try:
+            return rec, await self.runtime.stats(rec.container_id)
+        except RuntimeFailure as exc:
+            raise Unavailable(f"metrics for sandbox {rec.id} are unavailable: {exc}", code="stats_failed") from exc
+
+    # -- background work -----------------------------------------------------------
+
+    async def reap_once(self) -> None:
+        now = self.clock()
+        for rec in self.store.sandboxes_in([State.RUNNING]):
+            if rec.timeout_at is None or rec.timeout_at > now:
+                continue
+            async with self._lock(rec.id):
+                current = self.store.get_sandbox(rec.id)
+                if current is None or current.state is not State.RUNNING or (current.timeout_at or 0) > now:
+                    continue
+                log.event("sandbox.timeout", sandbox_id=rec.id, auto_pause=rec.auto_pause)
+                try:
+                    if current.auto_pause:
+                        await self._pause(current)
+                    else:
+                        await self._terminate(current, reason="timeout")
+                except ApiError as exc:
+                    log.event("sandbox.reap_failed", sandbox_id=rec.id, error=exc.message)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the background tasks (async creates, the reaper) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await trio.sleep(self.config.reap_interval)
+                await self.reap_once()
+
+    async def reconcile(self) -> None:
+        """Make Podman agree with the database after a start (see ARCHITECTURE.md)."""
+        containers: dict[str, list[ContainerInfo]] = {}
+        for info in await self.runtime.list(self.labels()):
+            containers.setdefault(info.labels.get(LABEL_SANDBOX, ""), []).append(info)
+        rows = {rec.id: rec for rec in self.store.sandboxes_in(LIVE | {State.TERMINATING})}
+
+        for sandbox_id, infos in containers.items():
+            if sandbox_id not in rows:
+                for info in infos:
+                    log.event("reconcile.orphan_container", container=info.name, sandbox_id=sandbox_id)
+                    await self._remove_quietly(sandbox_id, info.id)
+
+        for rec in rows.values():
+            infos = containers.get(rec.id, [])
+            found = next((i for i in infos if i.id == rec.container_id), infos[0] if infos else None)
+            await self._reconcile_one(rec, found)
+
+    async def _reconcile_one(self, rec: SandboxRecord, info: ContainerInfo | None) -> None:
+        now = self.clock()
+        if rec.state is State.STARTING:
+            # Never reported running: undo it. An async create was already
+            # reported to its client, so it stays visible as failed.
+            await self._remove_quietly(rec.id, rec.container_id)
+            if rec.is_async:
+                self._save(rec, state=State.FAILED, reason="the appliance restarted during create", ended_at=now)
+            else:
+                self.store.delete_sandbox(rec.id)
+            log.event("reconcile.unfinished_create", sandbox_id=rec.id)
+            return
+        if rec.state is State.TERMINATING:
+            await self._remove_quietly(rec.id, rec.container_id)
+            self._save(rec, state=State.TERMINATED, ended_at=now, ip=None)
+            return
+        if info is None or info.state not in ("running", "paused"):
+            if info is not None:
+                await self._remove_quietly(rec.id, info.id)
+            why = "its container vanished" if info is None else f"its container was {info.state}"
+            self.store.put_sandbox(
+                replace(rec, state=State.TERMINATED, reason=why, ended_at=now, ip=None, updated_at=now)
+            )
+            log.event("reconcile.lost", sandbox_id=rec.id, reason=why)
+            return
+        # The container is the truth about whether processes are frozen.
+        state = State.PAUSED if info.state == "paused" else State.RUNNING
+        changes: dict[str, object] = {"container_id": info.id, "ip": info.ip}
+        if state is not rec.state:
+            changes.update(state=state, paused_at=now if state is State.PAUSED else None)
+            if state is State.RUNNING:
+                changes["timeout_at"] = now + rec.timeout
+        self.store.put_sandbox(replace(rec, updated_at=now, **changes))  # type: ignore[arg-type]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ContainerNotFound):
+        return "the container disappeared while starting"
+    if isinstance(exc, trio.Cancelled):
+        return "the create was cancelled"
+    return str(exc) or type(exc).__name__

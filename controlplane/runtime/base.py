@@ -1,0 +1,102 @@
+"""The runtime driver interface: what the control plane needs from a container engine.
+
+The lifecycle service only ever talks to a `Runtime`; `podman_runtime.PodmanRuntime`
+is the real one and `fake.FakeRuntime` an in-memory stand-in for tests. Every method
+is async because the real driver's calls block and run in worker threads.
+
+Errors a driver raises::
+
+    RuntimeFailure            the engine refused or failed an operation
+     +-- ContainerNotFound    the container does not exist (any more)
+     +-- ImageNotFound        the image a spec names does not exist locally
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+# The agent's code is mounted read-only here in every sandbox and run as PID 1.
+AGENT_MOUNT = "/opt/scalebox/agent"
+AGENT_PORT = 8888
+
+
+class RuntimeFailure(Exception):
+    """The container engine failed or refused an operation."""
+
+
+class ContainerNotFound(RuntimeFailure):
+    """The named container does not exist."""
+
+
+class ImageNotFound(RuntimeFailure):
+    """The image does not exist locally (nothing can be pulled on these machines)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerSpec:
+    """Everything needed to create one sandbox container."""
+
+    name: str
+    image: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    cpu_count: float = 1.0
+    memory_mb: int = 512
+    hostname: str = "sandbox"
+    # Host folder mounted read-only at AGENT_MOUNT.
+    agent_dir: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerInfo:
+    id: str
+    name: str
+    # Podman's own words: "created", "running", "paused", "exited", "stopped", ...
+    state: str
+    ip: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerStats:
+    cpu_used_pct: float
+    mem_used: int
+    mem_total: int
+    # Bytes in the container's writable layer (Podman's SizeRw): what the sandbox wrote.
+    disk_used: int
+
+
+class Runtime(Protocol):
+    async def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container; return its id."""
+        ...
+
+    async def start(self, container_id: str) -> None: ...
+
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        """Raise ContainerNotFound when it is gone."""
+        ...
+
+    async def pause(self, container_id: str) -> None: ...
+
+    async def unpause(self, container_id: str) -> None: ...
+
+    async def remove(self, container_id: str) -> None:
+        """Kill and remove at once; a container that is already gone is not an error."""
+        ...
+
+    async def list(self, labels: dict[str, str]) -> builtins.list[ContainerInfo]:
+        """All containers (any state) carrying every one of these labels."""
+        ...
+
+    async def stats(self, container_id: str) -> ContainerStats: ...
+
+    async def image_exists(self, image: str) -> bool: ...
+
+    async def exec(self, container_id: str, command: builtins.list[str]) -> tuple[int, bytes]:
+        """Run a command inside; return (exit code, combined output). For tests and tools."""
+        ...

@@ -1,0 +1,33 @@
+"""Built-in templates. Templates are local images: nothing can be pulled on these machines.
+
+A user-facing templates API is its own issue; for now the registry is this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.errors import NotFound
+
+
+@dataclass(frozen=True, kw_only=True)
+class Template:
+    id: str
+    image: str
+    # Run by the agent at boot, if any (a template's own service).
+    start_cmd: str | None = None
+    # The unprivileged account the template provides besides root.
+    user: str = "user"
+
+
+BUILTIN: dict[str, Template] = {
+    "base": Template(id="base", image="localhost/scalebox/base:latest"),
+}
+
+
+def resolve(name: str) -> Template:
+    template = BUILTIN.get(name) or BUILTIN.get(name.removeprefix("tpl-"))
+    if template is None:
+        known = ", ".join(sorted(BUILTIN))
+        raise NotFound(f"template {name!r} does not exist; available: {known}", code="template_not_found")
+    return template

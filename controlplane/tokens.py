@@ -1,0 +1,54 @@
+"""Sandbox access tokens: minted by the control plane, verified by the gateway.
+
+A token is an HMAC-SHA256 over the sandbox id under the appliance's secret key, so
+the gateway verifies it without a database read and a token cannot be moved to
+another sandbox. Fields are length-prefixed before MACing (as trio's DTLS cookies
+do) so no two distinct inputs share an encoding. Comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+_PURPOSE = b"scalebox-envd-access-v1"
+SECRET_BYTES = 32
+
+
+def _signable(*fields: bytes) -> bytes:
+    return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+
+
+def mint_access_token(secret: bytes, sandbox_id: str) -> str:
+    mac = hmac.new(secret, _signable(_PURPOSE, sandbox_id.encode()), hashlib.sha256).digest()
+    return "sbt_" + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def verify_access_token(secret: bytes, sandbox_id: str, token: str | None) -> bool:
+    if not token:
+        return False
+    expected = mint_access_token(secret, sandbox_id)
+    return hmac.compare_digest(expected.encode(), token.encode("utf-8", "replace"))
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The appliance's signing key, created once (mode 0600) and kept across restarts."""
+    try:
+        data = path.read_bytes()
+        if len(data) >= SECRET_BYTES:
+            return data
+    except FileNotFoundError:
+        pass
+    data = secrets.token_bytes(SECRET_BYTES)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return data

@@ -1,0 +1,85 @@
+"""Small stream adapters: replay peeked bytes, and splice two streams together."""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+CHUNK = 64 * 1024
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream that first yields bytes already read from it (the sniffed prefix).
+
+    Protocol sniffing consumes the first bytes of a connection; TLS and HTTP parsers
+    that come next must see them again, as mitmproxy's layers carry peeked data.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:n], self._prefix[n:]
+            return bytes(data)
+        return bytes(await self.stream.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class _Activity:
+    def __init__(self) -> None:
+        self.last = trio.current_time()
+
+
+async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, activity: _Activity) -> None:
+    try:
+        while data := await src.receive_some(CHUNK):
+            activity.last = trio.current_time()
+            await dst.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    # Pass the half-close on where the transport can say it (TCP); TLS cannot,
+    # so the other direction keeps flowing until its own end.
+    with contextlib.suppress(AttributeError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await dst.send_eof()  # type: ignore[attr-defined]
+
+
+async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float) -> None:
+    """Copy bytes both ways until both directions end, or nothing moved for idle_timeout.
+
+    Idleness is measured across both directions together: a WebSocket that only
+    ever talks one way is busy, not idle.
+    """
+    activity = _Activity()
+    async with trio.open_nursery() as nursery:
+        done = 0
+
+        async def pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+            nonlocal done
+            await _pump(src, dst, activity)
+            done += 1
+            if done == 2:
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(pump, a, b)
+        nursery.start_soon(pump, b, a)
+        while True:
+            await trio.sleep_until(activity.last + idle_timeout)
+            if trio.current_time() >= activity.last + idle_timeout:
+                nursery.cancel_scope.cancel()
+                return
