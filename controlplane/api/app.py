@@ -149,7 +149,10 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
 
     @app.get("/v1/sandboxes/<sandbox_id>")
     async def get_sandbox(sandbox_id: str) -> Response:
-        return _json(success(render(service.get(sandbox_id))))
+        data = render(service.get(sandbox_id))
+        # The Python SDK's get_info reads `metadata` from the envelope, not from
+        # `data`; mirroring it there keeps that SDK working unmodified.
+        return _json({**success(data), "metadata": data["metadata"]})
 
     @app.delete("/v1/sandboxes/<sandbox_id>")
     async def delete_sandbox(sandbox_id: str) -> Response:

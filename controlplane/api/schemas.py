@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from controlplane.errors import BadRequest
 from controlplane.lifecycle.states import State, sdk_status
@@ -25,6 +25,8 @@ MIN_MEMORY_MB = 128
 MAX_METADATA_ITEMS = 64
 MAX_ENV_VARS = 256
 MAX_STRING = 4096
+# The agent reads its own settings from SCALEBOX_* variables.
+RESERVED_ENV_PREFIX = "SCALEBOX_"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 
@@ -104,8 +106,10 @@ def _string_map(body: dict[str, Any], key: str, limit: int, name_re: re.Pattern[
                 f"{key}.{k!s:.40}: keys must be 1-256 characters, values at most {MAX_STRING}, no NUL",
                 code="invalid_field",
             )
-        if name_re is not None and not name_re.match(k):
+        if name_re is not None and not name_re.fullmatch(k):
             raise BadRequest(f"{key}: {k!r} is not a valid variable name", code="invalid_field")
+        if name_re is not None and k.upper().startswith(RESERVED_ENV_PREFIX):
+            raise BadRequest(f"{key}: names starting with {RESERVED_ENV_PREFIX} are reserved", code="invalid_field")
         out[k] = v
     return out
 
@@ -125,7 +129,7 @@ def _ports(body: dict[str, Any]) -> list[dict[str, Any]]:
         if port == 0:
             raise BadRequest(f"custom_ports[{i}].port is required", code="invalid_field")
         name = item.get("name")
-        if not isinstance(name, str) or not _PORT_NAME.match(name):
+        if not isinstance(name, str) or not _PORT_NAME.fullmatch(name):
             raise BadRequest(
                 f"custom_ports[{i}].name must be 1-15 lowercase letters, digits or '-'",
                 code="invalid_field",
@@ -146,7 +150,9 @@ def parse_create(body: Any, limits: HostLimits) -> CreateRequest:
     for key in _UNSUPPORTED:
         if body.get(key) not in (None, [], {}):
             raise BadRequest(f"{key} is not supported by this appliance; omit it or send null", code="unsupported")
-    template = body.get("template", body.get("template_id"))
+    template = body.get("template")
+    if template is None:
+        template = body.get("template_id")
     if template is None:
         template = "base"
     if not isinstance(template, str) or not template or len(template) > 128:
@@ -198,7 +204,9 @@ def _query_int(args: dict[str, str], keys: tuple[str, ...], default: int, lo: in
         raw = args.get(key)
         if raw is None or raw == "":
             continue
-        if not raw.isdigit() or not lo <= int(raw) <= hi:
+        # isascii: isdigit() also accepts "²", which int() refuses; the length bound
+        # keeps int() away from its 4300-digit ValueError.
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18) or not lo <= int(raw) <= hi:
             raise BadRequest(f"query parameter {key} must be an integer from {lo} to {hi}", code="invalid_query")
         return int(raw)
     return default
@@ -234,14 +242,17 @@ def parse_metadata_filter(raw: str | None) -> dict[str, str] | None:
         pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=True)
     except ValueError:
         raise BadRequest("metadata filter must be key=value pairs joined by &", code="invalid_query") from None
-    return dict(pairs)
+    # The SDKs quote each key and value before form-encoding the map.
+    return {unquote(k): unquote(v) for k, v in pairs}
 
 
 def parse_time(raw: str | None, what: str) -> float | None:
     """Epoch milliseconds or ISO 8601, to epoch seconds."""
     if raw is None or raw == "":
         return None
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():
+        if len(raw) > 15:
+            raise BadRequest(f"{what} is too far in the future", code="invalid_query")
         return int(raw) / 1000
     try:
         parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))

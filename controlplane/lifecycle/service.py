@@ -158,6 +158,7 @@ class SandboxService:
             try:
                 container_id = await self.runtime.create(spec)
                 rec = self._save(rec, container_id=container_id)
+                log.event("sandbox.container_created", sandbox_id=rec.id, container_id=container_id)
                 await self.runtime.start(container_id)
                 info = await self.runtime.inspect(container_id)
                 if not info.ip:
