@@ -141,8 +141,9 @@ class Store:
             where.append(f"state IN ({','.join('?' * len(query.states))})")
             args.extend(s.value for s in sorted(query.states))
         for key, value in (query.metadata or {}).items():
-            where.append("json_extract(metadata, ?) = ?")
-            args.extend([_json_path(key), value])
+            # json_each compares decoded keys: a JSON path cannot spell a key holding '"'.
+            where.append("EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value = ?)")
+            args.extend([key, value])
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         total = self._db.execute(f"SELECT COUNT(*) FROM sandboxes {clause}", args).fetchone()[0]
         rows = self._db.execute(
@@ -168,11 +169,6 @@ class Store:
 
     def count_api_keys(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
-
-
-def _json_path(key: str) -> str:
-    # Quote the key so dots and brackets in metadata keys are taken literally.
-    return "$." + json.dumps(key)
 
 
 def _to_sql(column: str, value: Any) -> Any:

@@ -5,7 +5,7 @@ and address the control plane recorded) and a token verifier, and answers with a
 `Forward` or a `Refuse` carrying the status a user can act on:
 
     unknown host or sandbox       404
-    missing or wrong token        401  (agent routes only)
+    missing or wrong token        401  (agent routes, and port routes to the agent port)
     sandbox not running           409  naming its status
 """
 
@@ -61,7 +61,9 @@ def decide(
         case AgentRoute(sandbox_id):
             port, needs_token = AGENT_PORT, True
         case PortRoute(sandbox_id, port):
-            needs_token = False
+            # The agent trusts the gateway to check tokens, so `8888-<id>.D` must not
+            # reach it without one.
+            needs_token = port == AGENT_PORT
     sandbox = lookup(sandbox_id)
     if sandbox is None:
         return Refuse(404, "sandbox_not_found", f"sandbox {sandbox_id} does not exist")

@@ -72,6 +72,9 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
             ) from None
         except RecursionError:
             raise BadRequest("request body is nested too deeply", code="invalid_json") from None
+        except ValueError as exc:
+            # Not a JSONDecodeError: int() refusing a number of more than 4300 digits.
+            raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
 
     @app.before_request
     async def authenticate() -> None:

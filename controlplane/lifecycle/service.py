@@ -71,6 +71,12 @@ class SandboxService:
     def _lock(self, sandbox_id: str) -> trio.Lock:
         return self._locks.setdefault(sandbox_id, trio.Lock())
 
+    def _forget_lock(self, sandbox_id: str) -> None:
+        """Drop a terminated sandbox's lock once nobody else waits on it, so the table stays small."""
+        lock = self._locks.get(sandbox_id)
+        if lock is not None and lock.statistics().tasks_waiting == 0:
+            del self._locks[sandbox_id]
+
     def _save(self, rec: SandboxRecord, **changes: object) -> SandboxRecord:
         if "state" in changes:
             target = State(str(changes["state"]))
@@ -194,10 +200,7 @@ class SandboxService:
         except RuntimeFailure as exc:
             log.event("runtime.error", op="list", sandbox_id=sandbox_id, error=str(exc))
         for cid in targets:
-            try:
-                await self.runtime.remove(cid)
-            except RuntimeFailure as exc:
-                log.event("runtime.error", op="remove", sandbox_id=sandbox_id, error=str(exc))
+            await self._remove_quietly_one(sandbox_id, cid)
 
     # -- operations on an existing sandbox -----------------------------------------
 
@@ -215,7 +218,14 @@ class SandboxService:
         except RuntimeFailure as exc:
             self._save(rec, state=State.FAILED, reason=f"removing the container failed: {exc}")
             raise Unavailable(f"sandbox {rec.id} could not be removed: {exc}", code="remove_failed") from exc
+        self._forget_lock(rec.id)
         return self._save(rec, state=State.TERMINATED, ended_at=self.clock(), ip=None)
+
+    async def _remove_quietly_one(self, sandbox_id: str, container_id: str) -> None:
+        try:
+            await self.runtime.remove(container_id)
+        except RuntimeFailure as exc:
+            log.event("runtime.error", op="remove", sandbox_id=sandbox_id, error=str(exc))
 
     async def _remove_container(self, rec: SandboxRecord) -> None:
         if rec.container_id:
@@ -330,6 +340,11 @@ class SandboxService:
         for rec in rows.values():
             infos = containers.get(rec.id, [])
             found = next((i for i in infos if i.id == rec.container_id), infos[0] if infos else None)
+            for extra in infos:
+                # Only one container can be the sandbox; any other with its label is debris.
+                if found is not None and extra.id != found.id:
+                    log.event("reconcile.extra_container", container=extra.name, sandbox_id=rec.id)
+                    await self._remove_quietly_one(rec.id, extra.id)
             await self._reconcile_one(rec, found)
 
     async def _reconcile_one(self, rec: SandboxRecord, info: ContainerInfo | None) -> None:

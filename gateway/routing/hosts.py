@@ -39,7 +39,9 @@ def split_host_port(value: str) -> tuple[str, int | None]:
 
 
 def _parse_port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # isascii: str.isdigit() also accepts digits int() refuses ("²") or reads ("٨٠");
+    # the length bound keeps int() away from its 4300-digit ValueError.
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) < 65536:
         raise InvalidHost(f"invalid port in host {whole!r}")
     return int(text)
 
@@ -51,12 +53,17 @@ def normalise_host(value: str | bytes) -> str:
             value = value.decode("ascii")
         except UnicodeDecodeError:
             raise InvalidHost("host is not ASCII") from None
+    if not value.isascii():
+        # str.lower() maps some non-ASCII letters onto ASCII ones (KELVIN SIGN -> "k").
+        raise InvalidHost("host is not ASCII")
     name, _port = split_host_port(value)
-    name = name.lower().rstrip(".")
+    name = name.lower()
+    # One trailing dot is the root label; "a.." is not a name.
+    name = name[:-1] if name.endswith(".") else name
     if not name:
         raise InvalidHost("empty host")
     if len(name) > _MAX_NAME:
         raise InvalidHost("host name longer than 253 characters")
-    if not all(_LABEL.match(label) for label in name.split(".")):
+    if not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise InvalidHost(f"invalid host name {name!r}")
     return name

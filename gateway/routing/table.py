@@ -51,10 +51,10 @@ def route(host: str, domain: str) -> Route:
     label = host[: -len(suffix)]
     if "." in label:
         return NoRoute(f"{host} has too many labels below {domain}")
-    if SANDBOX_ID.match(label):
+    if SANDBOX_ID.fullmatch(label):
         return AgentRoute(label)
-    m = _PORT_PREFIX.match(label)
-    if m and SANDBOX_ID.match(m.group(2)):
+    m = _PORT_PREFIX.fullmatch(label)
+    if m and SANDBOX_ID.fullmatch(m.group(2)):
         port = int(m.group(1))
         if port > 65535:
             return NoRoute(f"port {port} is out of range")
