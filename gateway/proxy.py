@@ -9,11 +9,12 @@ a raw byte tunnel (WebSocket). Every read has a deadline from `HttpLimits`.
 
 from __future__ import annotations
 
+import re
 import time
-from http import HTTPStatus
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import h11
 import trio
@@ -32,6 +33,9 @@ _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
 )
 _MAX_DISCARD = 64 * 1024
+# A client's X-Request-Id is passed on only if it is a valid header value after
+# truncation; anything else (inner spaces, control bytes) gets a fresh id instead.
+_CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +84,10 @@ class _UpstreamFailed(Exception):
     def __init__(self, status: int, error: str, message: str) -> None:
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
+
+
+class _UpstreamSilent(_UpstreamFailed):
+    """The upstream closed before sending a single byte: a request without a body may be replayed."""
 
 
 def _reason(status: int) -> bytes:
@@ -168,7 +176,9 @@ class HttpSession:
 
     async def _next_request(self, first: bool) -> h11.Request | None:
         try:
-            if self.conn.next_event() is h11.NEED_DATA:
+            # A pipelining client may have sent the next head already: it is in h11's buffer.
+            event: object = self.conn.next_event()
+            if event is h11.NEED_DATA:
                 # Idle between requests: shutdown may close us here.
                 data = None
                 with (
@@ -179,7 +189,10 @@ class HttpSession:
                 if not data:
                     return None
                 self.conn.receive_data(bytes(data))
-            event = await _read_event(self.conn, self.stream, self.limits.head_timeout)
+                # The deadline covers the whole head, not each read: a client that trickles
+                # a byte at a time must not hold the connection for ever.
+                with trio.fail_after(self.limits.head_timeout):
+                    event = await _read_event(self.conn, self.stream, self.limits.head_timeout)
         except h11.RemoteProtocolError as exc:
             await self._raw_error(exc.error_status_hint, "bad_request", f"malformed HTTP request: {exc}")
             return None
@@ -194,7 +207,7 @@ class HttpSession:
         rid = uuid.uuid4().hex[:16]
         ctype, body = errors.render(status, error, message, accept="", request_id=rid)
         head = (
-            f"HTTP/1.1 {status} {error.replace('_', ' ').title()}\r\ncontent-type: {ctype}\r\n"
+            f"HTTP/1.1 {status} {_reason(status).decode()}\r\ncontent-type: {ctype}\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\nx-request-id: {rid}\r\n\r\n"
         ).encode()
         log.event("gateway.bad_request", request_id=rid, peer=self.client.peer, status=status, error=message)
@@ -209,8 +222,8 @@ class HttpSession:
     async def _exchange(self, req: h11.Request) -> bool:
         """Handle one request; return whether the client connection may carry another."""
         headers = list(req.headers)
-        rid_raw = _header(headers, b"x-request-id")
-        rid = rid_raw.decode("ascii", "replace")[:64] if rid_raw else uuid.uuid4().hex[:16]
+        rid_raw = (_header(headers, b"x-request-id") or b"")[:64]
+        rid = rid_raw.decode("ascii") if _CLIENT_REQUEST_ID.fullmatch(rid_raw) else uuid.uuid4().hex[:16]
         accept = (_header(headers, b"accept") or b"").decode("latin-1")
         started = time.monotonic()
         host_raw = _header(headers, b"host") or b""
@@ -312,18 +325,35 @@ class HttpSession:
         )
         up = await self._connect(fwd)
         try:
-            await _send(up.conn, up.stream, out_req)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await self._send_upstream(up, fwd, out_req)
+            return await self._relay(up, fwd, upgrade, has_body)
+        except _UpstreamSilent:
             await self.pool.discard(up)
-            if not up.reused:
-                raise _UpstreamFailed(502, "bad_gateway", f"{fwd.target} closed the connection") from None
-            up = await self._connect(fwd, fresh=True)
-            await _send(up.conn, up.stream, out_req)
+            if has_body or not up.reused:
+                raise
+        except BaseException:
+            await self.pool.discard(up)
+            raise
+        # The upstream closed this pooled connection while it sat idle. Our write to it
+        # usually still succeeds, so that shows only as a close with no answer. Without a
+        # body the request can be replayed once on a fresh connection; if the first
+        # attempt took the client's end of it already, the replay must send that itself.
+        up = await self._connect(fwd, fresh=True)
         try:
+            await self._send_upstream(up, fwd, out_req)
+            if self.conn.their_state is not h11.SEND_BODY:
+                await self._send_upstream(up, fwd, h11.EndOfMessage())
             return await self._relay(up, fwd, upgrade, has_body)
         except BaseException:
             await self.pool.discard(up)
             raise
+
+    async def _send_upstream(self, up: UpstreamConnection, fwd: Forward, *events: h11.Event) -> None:
+        try:
+            for event in events:
+                await _send(up.conn, up.stream, event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise _UpstreamSilent(502, "bad_gateway", f"{fwd.target} closed the connection") from None
 
     async def _connect(self, fwd: Forward, *, fresh: bool = False) -> UpstreamConnection:
         try:
@@ -376,20 +406,41 @@ class HttpSession:
             elif isinstance(event, h11.ConnectionClosed):
                 raise _ClientGone("client closed mid-body")
 
+    async def _await_answer(self, up: UpstreamConnection, fwd: Forward) -> None:
+        """Wait for the upstream's first bytes, telling "closed without a word" from a bad answer.
+
+        h11 reports an upstream that closes before its response head as a protocol error,
+        the same as garbage; only the silent close makes a stale pooled connection.
+        """
+        if up.conn.trailing_data[0]:
+            return
+        try:
+            with trio.fail_after(self.limits.upstream_idle_timeout):
+                data = await up.stream.receive_some(CHUNK)
+        except trio.TooSlowError:
+            raise self._stalled(fwd) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            data = b""
+        if not data:
+            raise _UpstreamSilent(502, "bad_gateway", f"{fwd.target} closed the connection without answering")
+        up.conn.receive_data(bytes(data))
+
+    def _stalled(self, fwd: Forward) -> _UpstreamFailed:
+        return _UpstreamFailed(
+            504, "gateway_timeout", f"{fwd.target} did not answer within {self.limits.upstream_idle_timeout:g} s"
+        )
+
     async def _pump_response(self, up: UpstreamConnection, fwd: Forward, upgrade: bool) -> tuple[int, bool]:
         status = 0
         head_sent = False
+        await self._await_answer(up, fwd)
         while True:
             try:
                 event = await _read_event(up.conn, up.stream, self.limits.upstream_idle_timeout)
             except trio.TooSlowError:
                 if head_sent:
                     raise _ClientGone("upstream stalled mid-response") from None
-                raise _UpstreamFailed(
-                    504,
-                    "gateway_timeout",
-                    f"{fwd.target} did not answer within {self.limits.upstream_idle_timeout:.0f} s",
-                ) from None
+                raise self._stalled(fwd) from None
             except (h11.RemoteProtocolError, trio.BrokenResourceError, OSError) as exc:
                 if head_sent:
                     raise _ClientGone(f"upstream broke mid-response: {exc}") from None

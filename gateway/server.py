@@ -8,6 +8,7 @@ record; an HTTP method starts with a letter).
 from __future__ import annotations
 
 import ssl
+import traceback
 from dataclasses import dataclass, field
 
 import trio
@@ -45,6 +46,15 @@ class Gateway:
                 await self._handle(stream, peer)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.event("gateway.connection_error", peer=peer, error=str(exc) or type(exc).__name__)
+            except Exception as exc:
+                # A bug met by one connection must not crash the nursery that holds every
+                # other connection and the listeners: log it and drop only this one.
+                log.event(
+                    "gateway.connection_crashed",
+                    peer=peer,
+                    error=repr(exc),
+                    traceback="".join(traceback.format_exception(exc)),
+                )
             finally:
                 await trio.aclose_forcefully(stream)
 

@@ -46,22 +46,33 @@ class _Activity:
         self.last = trio.current_time()
 
 
-async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, activity: _Activity) -> None:
+def _half_closeable(stream: trio.abc.Stream) -> bool:
+    if isinstance(stream, PrefixedStream):
+        stream = stream.stream
+    return isinstance(stream, trio.abc.HalfCloseableStream)
+
+
+async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, activity: _Activity) -> bool:
+    """Copy until `src` ends; return whether `dst` could be told of the end."""
     try:
         while data := await src.receive_some(CHUNK):
             activity.last = trio.current_time()
             await dst.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
-    # Pass the half-close on where the transport can say it (TCP); TLS cannot,
-    # so the other direction keeps flowing until its own end.
-    with contextlib.suppress(AttributeError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+    # Pass the half-close on where the transport can say it (TCP). TLS cannot: its
+    # peer would wait for bytes that never come, so the caller ends the whole splice.
+    if not _half_closeable(dst):
+        return False
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         await dst.send_eof()  # type: ignore[attr-defined]
+    return True
 
 
 async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float) -> None:
     """Copy bytes both ways until both directions end, or nothing moved for idle_timeout.
 
+    A direction that ends into a stream that cannot be half-closed (TLS) ends both.
     Idleness is measured across both directions together: a WebSocket that only
     ever talks one way is busy, not idle.
     """
@@ -71,9 +82,9 @@ async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float)
 
         async def pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
             nonlocal done
-            await _pump(src, dst, activity)
+            told = await _pump(src, dst, activity)
             done += 1
-            if done == 2:
+            if done == 2 or not told:
                 nursery.cancel_scope.cancel()
 
         nursery.start_soon(pump, a, b)

@@ -143,8 +143,7 @@ def load_user_certificate(cert: Path, key: Path) -> None:
     private_key = _parse_private_key(_read(key, "key"), key)
     if not _same_public_key(leaf, private_key):
         raise ValueError(
-            f"key {key} does not match certificate {cert} "
-            "(the first certificate in the file must be the server's own)"
+            f"key {key} does not match certificate {cert} (the first certificate in the file must be the server's own)"
         )
 
 
@@ -159,9 +158,7 @@ def _parse_private_key(data: bytes, path: Path) -> PrivateKeyTypes:
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError as exc:
-        raise ValueError(
-            f"key {path} is encrypted; the appliance needs an unencrypted key"
-        ) from exc
+        raise ValueError(f"key {path} is encrypted; the appliance needs an unencrypted key") from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"key {path} is not a readable PEM private key") from exc
 
@@ -174,9 +171,7 @@ def _same_public_key(cert: x509.Certificate, key: PrivateKeyTypes) -> bool:
         return False
 
 
-def _load_ca(
-    cert_path: Path, key_path: Path, *, now: datetime
-) -> tuple[x509.Certificate, _IssuerKey] | None:
+def _load_ca(cert_path: Path, key_path: Path, *, now: datetime) -> tuple[x509.Certificate, _IssuerKey] | None:
     """Return the existing CA, or None when there is none (or it has run out)."""
     if not cert_path.exists():
         return None
@@ -187,16 +182,14 @@ def _load_ca(
         ca_cert = x509.load_pem_x509_certificate(ca_pem)
     except ValueError as exc:
         raise ValueError(
-            f"CA certificate {cert_path} is unreadable ({exc}); "
-            "delete the TLS directory to create a new CA"
+            f"CA certificate {cert_path} is unreadable ({exc}); delete the TLS directory to create a new CA"
         ) from exc
     ca_key = _parse_private_key(_read(key_path, "CA key"), key_path)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise ValueError(f"CA key {key_path} is a {type(ca_key).__name__}; use an EC or RSA key")
     if not _same_public_key(ca_cert, ca_key):
         raise ValueError(
-            f"CA key {key_path} does not match CA certificate {cert_path}; "
-            "delete the TLS directory to create a new CA"
+            f"CA key {key_path} does not match CA certificate {cert_path}; delete the TLS directory to create a new CA"
         )
     # A CA about to expire would only sign leaves that die with it.
     if ca_cert.not_valid_after_utc - now < RENEW_BEFORE:
@@ -210,9 +203,7 @@ def _create_ca(now: datetime) -> tuple[x509.Certificate, _IssuerKey]:
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ScaleBox"),
-            x509.NameAttribute(
-                NameOID.COMMON_NAME, f"ScaleBox appliance CA {secrets.token_hex(4)}"
-            ),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"ScaleBox appliance CA {secrets.token_hex(4)}"),
         ]
     )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
@@ -240,9 +231,7 @@ def _create_ca(now: datetime) -> tuple[x509.Certificate, _IssuerKey]:
             critical=True,
         )
         .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .sign(key, hashes.SHA256())
     )
     return cert, key
@@ -297,9 +286,7 @@ def _issue_leaf(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
@@ -308,9 +295,7 @@ def _issue_leaf(
     )
 
 
-def _leaf_is_usable(
-    cert_path: Path, key_path: Path, ca_cert: x509.Certificate, domain: str, *, now: datetime
-) -> bool:
+def _leaf_is_usable(cert_path: Path, key_path: Path, ca_cert: x509.Certificate, domain: str, *, now: datetime) -> bool:
     try:
         leaf = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)

@@ -199,9 +199,7 @@ def _check_handshake_header(prefix: bytes) -> int | None:
     body_length = int.from_bytes(prefix[1:4], "big")
     # Even packed into one record the message needs a record header in front.
     if _RECORD_HEADER + _HANDSHAKE_HEADER + body_length > MAX_CLIENT_HELLO:
-        raise NotClientHello(
-            f"ClientHello declares {body_length} bytes, more than the {MAX_CLIENT_HELLO} allowed"
-        )
+        raise NotClientHello(f"ClientHello declares {body_length} bytes, more than the {MAX_CLIENT_HELLO} allowed")
     return body_length
 
 
