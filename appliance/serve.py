@@ -17,6 +17,7 @@ import trio
 import agent
 from appliance import log
 from appliance.config import ListenAddress, ServeConfig
+from appliance.vendor import prepare_vendor_dir
 from controlplane.api.app import ApiSettings, create_app
 from controlplane.api.schemas import HostLimits
 from controlplane.apikeys import ensure_admin_key, random_id
@@ -148,7 +149,11 @@ async def _serve_locked(config: ServeConfig) -> None:
             service = SandboxService(
                 store=store,
                 runtime=runtime,
-                config=LifecycleConfig(instance_id=_instance_id(data_dir), agent_dir=Path(agent.__file__).parent),
+                config=LifecycleConfig(
+                    instance_id=_instance_id(data_dir),
+                    agent_dir=Path(agent.__file__).parent,
+                    vendor_dir=prepare_vendor_dir(data_dir / "agent-vendor"),
+                ),
             )
             await service.reconcile()
             app = create_app(

@@ -46,6 +46,7 @@ class LifecycleConfig:
     # Distinguishes this appliance's containers from another's on the same host.
     instance_id: str
     agent_dir: Path
+    vendor_dir: Path | None = None
     ready_timeout: float = 30.0
     reap_interval: float = 1.0
 
@@ -147,6 +148,7 @@ class SandboxService:
             memory_mb=req.memory_mb,
             hostname=rec.id,
             agent_dir=self.config.agent_dir,
+            vendor_dir=self.config.vendor_dir,
         )
         if req.is_async:
             assert self._nursery is not None, "background tasks need run() to be running"

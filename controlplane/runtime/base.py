@@ -20,6 +20,9 @@ from typing import Protocol
 
 # The agent's code is mounted read-only here in every sandbox and run as PID 1.
 AGENT_MOUNT = "/opt/scalebox/agent"
+# Pure-Python packages the agent may import (h11), mounted read-only beside it:
+# nothing is ever installed inside a sandbox.
+VENDOR_MOUNT = "/opt/scalebox/vendor"
 AGENT_PORT = 8888
 
 
@@ -47,8 +50,9 @@ class ContainerSpec:
     cpu_count: float = 1.0
     memory_mb: int = 512
     hostname: str = "sandbox"
-    # Host folder mounted read-only at AGENT_MOUNT.
+    # Host folders mounted read-only at AGENT_MOUNT and VENDOR_MOUNT.
     agent_dir: Path | None = None
+    vendor_dir: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

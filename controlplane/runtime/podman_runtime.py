@@ -37,6 +37,7 @@ from podman.errors import ImageNotFound as PodmanImageNotFound
 
 from controlplane.runtime.base import (
     AGENT_MOUNT,
+    VENDOR_MOUNT,
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
@@ -236,15 +237,13 @@ def create_arguments(spec: ContainerSpec) -> dict[str, Any]:
         # Memory plus swap equal to memory: no swap on top of the limit.
         "memswap_limit": memory,
     }
-    if spec.agent_dir is not None:
-        kwargs["mounts"] = [
-            {
-                "type": "bind",
-                "source": str(spec.agent_dir),
-                "target": AGENT_MOUNT,
-                "read_only": True,
-            }
-        ]
+    mounts = [
+        {"type": "bind", "source": str(source), "target": target, "read_only": True}
+        for source, target in ((spec.agent_dir, AGENT_MOUNT), (spec.vendor_dir, VENDOR_MOUNT))
+        if source is not None
+    ]
+    if mounts:
+        kwargs["mounts"] = mounts
     return kwargs
 
 
