@@ -384,8 +384,10 @@ class HttpSession:
         if switched:
             await self._tunnel(up)
             return status, False
-        if self.conn.their_state is not h11.DONE:
+        if self.conn.their_state not in (h11.DONE, h11.MUST_CLOSE):
             # The request body never ended: neither side of this exchange can be reused.
+            # (MUST_CLOSE is a complete request whose client asked to close after it:
+            # the upstream connection is still good.)
             await self.pool.discard(up)
             return status, False
         await self.pool.release(up)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,7 +35,10 @@ def new_appliance(data_dir: Path) -> Iterator[Callable[[], Appliance]]:
     yield start
     for app in started:
         if app.process is not None and app.process.poll() is None:
-            app.kill()
+            try:
+                app.stop(timeout=15)  # graceful: it also stops the Podman service it started
+            except subprocess.TimeoutExpired:
+                app.kill()
     if started:
         started[-1].remove_containers()
     stop_podman_service(data_dir)

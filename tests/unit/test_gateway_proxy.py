@@ -407,6 +407,21 @@ async def test_keep_alive_on_both_sides() -> None:
             await other.stream.aclose()
 
 
+async def test_a_client_closing_after_its_request_leaves_the_upstream_pooled() -> None:
+    with trio.fail_after(DEADLINE):
+        async with upstream() as a, running_gateway({"alpha.test": forward_to(a)}) as gw:
+            for i in range(3):
+                client = await gw.client()
+                request = h11.Request(
+                    method="GET", target=f"/c{i}", headers=[("Host", "alpha.test"), ("Connection", "close")]
+                )
+                response, _ = await fetch(client, request)
+                assert response.status_code == 200
+                await client.stream.aclose()
+            assert len(a.requests) == 3
+            assert a.accepted == 1
+
+
 async def test_pipelined_requests_are_both_answered() -> None:
     with trio.fail_after(DEADLINE):
         async with upstream() as a, running_gateway({"alpha.test": forward_to(a)}) as gw:

@@ -1,0 +1,139 @@
+"""nginx as the reference reverse proxy: same certificate, same upstream, one worker.
+
+Started from a config written to a temporary prefix (nothing under /etc/nginx is
+read or written), in the foreground as a child of this process, and stopped by
+its pid. One worker process, because the gateway is one Trio thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.load import children
+
+MISSING = "nginx not installed: apt-get install nginx"
+
+CONFIG = """\
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+
+    upstream sandbox {{
+        server {upstream};
+        keepalive 32;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{plain_port};
+        listen [::1]:{plain_port};
+        listen 127.0.0.1:{tls_port} ssl;
+        listen [::1]:{tls_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        keepalive_requests 1000000;
+        keepalive_timeout 75s;
+        location / {{
+            proxy_pass http://sandbox;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_buffer_size 64k;
+            proxy_buffers 16 64k;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_path() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+class Nginx:
+    def __init__(self, *, upstream: str, plain_port: int, tls_port: int, cert: Path, key: Path) -> None:
+        binary = nginx_path()
+        if binary is None:
+            raise FileNotFoundError(MISSING)
+        self.binary = binary
+        self.prefix = Path(tempfile.mkdtemp(prefix="bench-nginx-", dir="/tmp"))
+        self.plain_port, self.tls_port = plain_port, tls_port
+        self.config_text = CONFIG.format(
+            prefix=self.prefix, upstream=upstream, plain_port=plain_port, tls_port=tls_port, cert=cert, key=key
+        )
+        self.config = self.prefix / "nginx.conf"
+        self.config.write_text(self.config_text)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.workers: list[int] = []
+
+    def start(self, timeout: float = 10.0) -> None:
+        cmd = [self.binary, "-p", str(self.prefix), "-c", str(self.config)]
+        check = subprocess.run([*cmd, "-t", "-q"], capture_output=True, text=True, timeout=30, check=False)
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx rejected its config: {check.stderr.strip()}")
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited with {self.process.returncode}: {self.error_log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.tls_port), timeout=1).close()
+                self.workers = children(self.process.pid)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx did not listen within {timeout} s: {self.error_log()}") from None
+                time.sleep(0.05)
+
+    def error_log(self) -> str:
+        try:
+            return (self.prefix / "error.log").read_text()[-2000:]
+        except OSError:
+            return "(no error log)"
+
+    @property
+    def pids(self) -> list[int]:
+        """The master and its workers (for CPU accounting)."""
+        return [self.process.pid, *self.workers] if self.process else []
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: fast shutdown of master and workers
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        # Workers outlive a killed master: end any still there, by pid.
+        for pid in self.workers:
+            with contextlib.suppress(OSError):
+                if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+    def __enter__(self) -> Nginx:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
