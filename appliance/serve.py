@@ -153,6 +153,7 @@ async def _serve_locked(config: ServeConfig) -> None:
                     instance_id=_instance_id(data_dir),
                     agent_dir=Path(agent.__file__).parent,
                     vendor_dir=prepare_vendor_dir(data_dir / "agent-vendor"),
+                    access_secret=secret,
                 ),
             )
             await service.reconcile()
@@ -168,13 +169,14 @@ async def _serve_locked(config: ServeConfig) -> None:
                 rec = store.get_sandbox(sandbox_id)
                 return None if rec is None else SandboxView(state=rec.state.value, ip=rec.ip)
 
-            def router(host: str, token: str | None) -> Verdict:
+            def router(host: str, token: str | None, signed_url: bool) -> Verdict:
                 return decide(
                     route(host, config.domain),
                     lookup=lookup,
                     access_token=token,
                     verify=lambda sid, tok: verify_access_token(secret, sid, tok),
                     api_address=UnixAddress(str(api_socket)),
+                    signed_url=signed_url,
                 )
 
             gateway = Gateway(router=router, ssl_context=ssl_context, pool=Pool())

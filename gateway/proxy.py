@@ -53,8 +53,8 @@ class ClientInfo:
     scheme: str
 
 
-# host (normalised), X-Access-Token -> verdict
-Router = Callable[[str, str | None], Verdict]
+# host (normalised), X-Access-Token, whether the target is a signed file URL -> verdict
+Router = Callable[[str, str | None, bool], Verdict]
 
 
 class _ClientGone(Exception):
@@ -88,6 +88,16 @@ class _UpstreamFailed(Exception):
 
 class _UpstreamSilent(_UpstreamFailed):
     """The upstream closed before sending a single byte: a request without a body may be replayed."""
+
+
+def is_signed_file_url(method: bytes, target: bytes) -> bool:
+    """A download or upload whose query carries a signature (COMPAT.md's signed URLs)."""
+    path, _, query = target.partition(b"?")
+    if not any(part.startswith(b"signature=") for part in query.split(b"&")):
+        return False
+    if method in (b"GET", b"HEAD"):
+        return path.startswith(b"/download/")
+    return method in (b"POST", b"PUT") and path == b"/upload"
 
 
 def _reason(status: int) -> bytes:
@@ -234,7 +244,9 @@ class HttpSession:
             host = host_raw.decode("latin-1")
         else:
             token = _header(headers, b"x-access-token")
-            verdict = self.router(host, token.decode("latin-1") if token is not None else None)
+            verdict = self.router(
+                host, token.decode("latin-1") if token is not None else None, is_signed_file_url(req.method, req.target)
+            )
 
         status, outcome = 0, "ok"
         try:

@@ -35,6 +35,7 @@ from controlplane.runtime.base import (
 )
 from controlplane.store import SandboxQuery, Store
 from controlplane.templates import resolve
+from controlplane.tokens import mint_access_token
 
 LABEL_MANAGED = "io.scalebox.managed"
 LABEL_INSTANCE = "io.scalebox.instance"
@@ -47,6 +48,9 @@ class LifecycleConfig:
     instance_id: str
     agent_dir: Path
     vendor_dir: Path | None = None
+    # Signs each sandbox's access token, which its agent is given to check requests
+    # that reach it directly (and signed URLs). Empty: agents check no token.
+    access_secret: bytes = b""
     ready_timeout: float = 30.0
     reap_interval: float = 1.0
 
@@ -138,6 +142,8 @@ class SandboxService:
         env = dict(req.env_vars)
         if template.start_cmd:
             env["SCALEBOX_START_CMD"] = template.start_cmd
+        if self.config.access_secret:
+            env["SCALEBOX_ACCESS_TOKEN"] = mint_access_token(self.config.access_secret, rec.id)
         spec = ContainerSpec(
             name=f"scalebox-{rec.id}",
             image=template.image,

@@ -187,8 +187,8 @@ def forward_to(up: Upstream | int) -> Forward:
     return Forward(TcpAddress("127.0.0.1", port), f"port {port} of sandbox sbx-test", "sbx-test", port)
 
 
-def router_for(routes: dict[str, Verdict]) -> Callable[[str, str | None], Verdict]:
-    def route(host: str, token: str | None) -> Verdict:
+def router_for(routes: dict[str, Verdict]) -> Callable[[str, str | None, bool], Verdict]:
+    def route(host: str, token: str | None, signed_url: bool) -> Verdict:
         return routes.get(host, Refuse(404, "unknown_host", f"no route for {host}"))
 
     return route

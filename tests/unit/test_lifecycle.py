@@ -64,6 +64,9 @@ class Env:
     probe: Probe
 
 
+ACCESS_SECRET = b"s" * 32
+
+
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     probe = Probe(calls=[])
@@ -71,7 +74,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     store = Store(tmp_path / "db.sqlite")
     runtime = FakeRuntime()
     clock = Clock()
-    config = LifecycleConfig(instance_id=INSTANCE, agent_dir=tmp_path / "agent", reap_interval=3600)
+    config = LifecycleConfig(
+        instance_id=INSTANCE, agent_dir=tmp_path / "agent", reap_interval=3600, access_secret=ACCESS_SECRET
+    )
     yield Env(SandboxService(store=store, runtime=runtime, config=config, clock=clock), runtime, store, clock, probe)
     store.close()
 
@@ -122,7 +127,8 @@ async def test_create_runs_and_records(env: Env) -> None:
     assert spec.labels == {LABEL_MANAGED: "true", LABEL_INSTANCE: INSTANCE, LABEL_SANDBOX: rec.id}
     assert spec.labels["io.scalebox.sandbox-id"] == rec.id
     assert spec.image == BASE_IMAGE
-    assert spec.env == {"FOO": "bar"}
+    # The agent gets its own sandbox's token to check requests that reach it directly.
+    assert spec.env == {"FOO": "bar", "SCALEBOX_ACCESS_TOKEN": mint_access_token(ACCESS_SECRET, rec.id)}
     assert (spec.cpu_count, spec.memory_mb) == (2.0, 1024)
     assert spec.hostname == rec.id
     assert env.probe.calls == [(rec.ip, AGENT_PORT)]

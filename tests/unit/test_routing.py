@@ -6,6 +6,7 @@ import pytest
 
 from controlplane.tokens import mint_access_token, verify_access_token
 from gateway.access import AGENT_PORT, Forward, Refuse, SandboxView, decide
+from gateway.proxy import is_signed_file_url
 from gateway.routing.hosts import InvalidHost, normalise_host, split_host_port
 from gateway.routing.table import AgentRoute, ApiRoute, NoRoute, PortRoute, Route, route
 from gateway.upstream import TcpAddress, UnixAddress
@@ -345,3 +346,48 @@ def test_decide_port_route_to_the_agent_port_with_token_forwards() -> None:
     verdict = _decide(PortRoute(SBX, AGENT_PORT), RUNNING, GOOD)
     assert isinstance(verdict, Forward)
     assert verdict.address == TcpAddress("10.99.0.2", AGENT_PORT)
+
+
+# -- signed file URLs ---------------------------------------------------------------------
+
+
+def test_decide_signed_file_url_reaches_the_agent_without_a_header_token() -> None:
+    verdict = decide(
+        AgentRoute(SBX),
+        lookup=RUNNING.get,
+        access_token=None,
+        verify=lambda *_: False,
+        api_address=API,
+        signed_url=True,
+    )
+    assert isinstance(verdict, Forward) and verdict.port == AGENT_PORT
+
+
+def test_decide_signed_file_url_still_needs_a_known_running_sandbox() -> None:
+    paused = {SBX: SandboxView(state="paused", ip="10.99.0.2")}
+    for sandboxes, status in (({}, 404), (paused, 409)):
+        verdict = decide(
+            AgentRoute(SBX), lookup=sandboxes.get, access_token=None, verify=lambda *_: False, api_address=API,
+            signed_url=True,
+        )  # fmt: skip
+        assert isinstance(verdict, Refuse) and verdict.status == status
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "signed"),
+    [
+        (b"GET", b"/download/home/user/a.txt?username=user&signature=v1_abc", True),
+        (b"HEAD", b"/download/a?signature=v1_abc&signature_expiration=5", True),
+        (b"POST", b"/upload?path=/tmp/x&signature=v1_abc", True),
+        (b"PUT", b"/upload?signature=v1_abc", True),
+        (b"GET", b"/download/a", False),  # no signature
+        (b"GET", b"/download/a?xsignature=v1", False),
+        (b"GET", b"/health?signature=v1_abc", False),  # not a file route
+        (b"POST", b"/download/a?signature=v1_abc", False),  # wrong method for downloads
+        (b"GET", b"/upload?signature=v1_abc", False),
+        (b"POST", b"/sandboxagent.Process/Start?signature=v1_abc", False),
+        (b"POST", b"/uploads?signature=v1_abc", False),
+    ],
+)
+def test_is_signed_file_url(method: bytes, target: bytes, signed: bool) -> None:
+    assert is_signed_file_url(method, target) is signed
