@@ -25,6 +25,7 @@ from controlplane.records import CreateRequest, SandboxRecord
 from controlplane.runtime.base import AGENT_PORT, ContainerSpec
 from controlplane.runtime.fake import BASE_IMAGE, FakeRuntime
 from controlplane.store import SandboxQuery, Store
+from controlplane.tokens import mint_access_token
 
 T0 = 1_700_000_000.0
 INSTANCE = "test-instance"
