@@ -3,9 +3,11 @@
     ApiError                 (status, error, message, code)
      +-- BadRequest          400  the request is malformed or a field is invalid
      +-- Unauthorized        401  missing or unknown API key
+     +-- Forbidden           403  the sandbox refused (e.g. a file the user may not read)
      +-- NotFound            404  no such sandbox or template
      +-- Conflict            409  the sandbox's state does not allow the operation
-     +-- Unavailable         503  the container engine failed; retrying may help
+     +-- Unavailable         503  the container engine or a sandbox's agent failed; retrying may help
+     +-- GatewayTimeout      504  a command ran past its timeout
 
 The API layer turns every one of these into the JSON error envelope in one place.
 """
@@ -33,6 +35,11 @@ class Unauthorized(ApiError):
     error = "unauthorized"
 
 
+class Forbidden(ApiError):
+    status = 403
+    error = "forbidden"
+
+
 class NotFound(ApiError):
     status = 404
     error = "not_found"
@@ -46,3 +53,8 @@ class Conflict(ApiError):
 class Unavailable(ApiError):
     status = 503
     error = "service_unavailable"
+
+
+class GatewayTimeout(ApiError):
+    status = 504
+    error = "gateway_timeout"

@@ -14,7 +14,8 @@ from werkzeug.exceptions import HTTPException
 
 from appliance import log
 from controlplane import apikeys
-from controlplane.api import schemas
+from controlplane.agentclient import AgentError
+from controlplane.api import exec_routes, schemas
 from controlplane.api.envelope import failure, success
 from controlplane.errors import ApiError, BadRequest
 from controlplane.lifecycle.service import SandboxService
@@ -100,6 +101,10 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
         return _json(failure(exc.error, exc.message, exc.code, g.get("request_id")), exc.status)
+
+    @app.errorhandler(AgentError)
+    async def agent_failure(exc: AgentError) -> Response:
+        return await api_error(exec_routes.agent_error(exc))
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -221,4 +226,5 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
             )
         return _json(success({"sandbox_id": rec.id, "metrics": items}))
 
+    exec_routes.register(app, service=service, secret=settings.secret)
     return app

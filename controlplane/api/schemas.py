@@ -47,7 +47,7 @@ class HostLimits:
 _UNSUPPORTED = ("object_storage", "net_proxy_country", "locality", "s3fs_executable_path")
 
 
-def _object(body: Any, what: str) -> dict[str, Any]:
+def json_object(body: Any, what: str) -> dict[str, Any]:
     if body is None:
         return {}
     if not isinstance(body, dict):
@@ -55,7 +55,7 @@ def _object(body: Any, what: str) -> dict[str, Any]:
     return body
 
 
-def _int(body: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+def int_field(body: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
     value = body.get(key)
     if value is None:
         return default
@@ -71,7 +71,7 @@ def _int(body: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
+def bool_field(body: dict[str, Any], key: str, default: bool) -> bool:
     value = body.get(key)
     if value is None:
         return default
@@ -89,7 +89,7 @@ def _str(body: dict[str, Any], key: str, default: str | None) -> str | None:
     return value
 
 
-def _string_map(body: dict[str, Any], key: str, limit: int, name_re: re.Pattern[str] | None) -> dict[str, str]:
+def string_map_field(body: dict[str, Any], key: str, limit: int, name_re: re.Pattern[str] | None) -> dict[str, str]:
     value = body.get(key)
     if value is None:
         return {}
@@ -124,8 +124,8 @@ def _ports(body: dict[str, Any]) -> list[dict[str, Any]]:
     seen_ports: set[int] = set()
     seen_names: set[str] = set()
     for i, item in enumerate(value):
-        item = _object(item, f"custom_ports[{i}]")
-        port = _int(item, "port", 0, 1, 65535)
+        item = json_object(item, f"custom_ports[{i}]")
+        port = int_field(item, "port", 0, 1, 65535)
         if port == 0:
             raise BadRequest(f"custom_ports[{i}].port is required", code="invalid_field")
         name = item.get("name")
@@ -146,7 +146,7 @@ def _ports(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def parse_create(body: Any, limits: HostLimits) -> CreateRequest:
-    body = _object(body, "request body")
+    body = json_object(body, "request body")
     for key in _UNSUPPORTED:
         if body.get(key) not in (None, [], {}):
             raise BadRequest(f"{key} is not supported by this appliance; omit it or send null", code="unsupported")
@@ -160,36 +160,36 @@ def parse_create(body: Any, limits: HostLimits) -> CreateRequest:
     return CreateRequest(
         template=template,
         name=_str(body, "name", None),
-        timeout=_int(body, "timeout", DEFAULT_TIMEOUT, MIN_TIMEOUT, MAX_TIMEOUT),
-        cpu_count=_int(body, "cpu_count", limits.default_cpu_count, 1, limits.max_cpu_count),
-        memory_mb=_int(body, "memory_mb", limits.default_memory_mb, MIN_MEMORY_MB, limits.max_memory_mb),
-        storage_gb=_int(body, "storage_gb", 0, 0, limits.max_storage_gb),
-        metadata=_string_map(body, "metadata", MAX_METADATA_ITEMS, None),
-        env_vars=_string_map(body, "env_vars", MAX_ENV_VARS, _ENV_NAME),
-        allow_internet_access=_bool(body, "allow_internet_access", True),
-        auto_pause=_bool(body, "auto_pause", False),
-        secure=_bool(body, "secure", True),
-        is_async=_bool(body, "is_async", False),
+        timeout=int_field(body, "timeout", DEFAULT_TIMEOUT, MIN_TIMEOUT, MAX_TIMEOUT),
+        cpu_count=int_field(body, "cpu_count", limits.default_cpu_count, 1, limits.max_cpu_count),
+        memory_mb=int_field(body, "memory_mb", limits.default_memory_mb, MIN_MEMORY_MB, limits.max_memory_mb),
+        storage_gb=int_field(body, "storage_gb", 0, 0, limits.max_storage_gb),
+        metadata=string_map_field(body, "metadata", MAX_METADATA_ITEMS, None),
+        env_vars=string_map_field(body, "env_vars", MAX_ENV_VARS, _ENV_NAME),
+        allow_internet_access=bool_field(body, "allow_internet_access", True),
+        auto_pause=bool_field(body, "auto_pause", False),
+        secure=bool_field(body, "secure", True),
+        is_async=bool_field(body, "is_async", False),
         custom_ports=_ports(body),
     )
 
 
 def parse_timeout(body: Any) -> int:
-    body = _object(body, "request body")
+    body = json_object(body, "request body")
     if body.get("timeout") is None:
         raise BadRequest("timeout is required (seconds, 1 to 86400)", code="invalid_field")
-    return _int(body, "timeout", 0, MIN_TIMEOUT, MAX_TIMEOUT)
+    return int_field(body, "timeout", 0, MIN_TIMEOUT, MAX_TIMEOUT)
 
 
 def parse_optional_timeout(body: Any) -> int | None:
-    body = _object(body, "request body")
+    body = json_object(body, "request body")
     if body.get("timeout") is None:
         return None
-    return _int(body, "timeout", 0, MIN_TIMEOUT, MAX_TIMEOUT)
+    return int_field(body, "timeout", 0, MIN_TIMEOUT, MAX_TIMEOUT)
 
 
 def parse_is_async(body: Any) -> bool:
-    return _bool(_object(body, "request body"), "is_async", False)
+    return bool_field(json_object(body, "request body"), "is_async", False)
 
 
 @dataclass(frozen=True, kw_only=True)
