@@ -3,8 +3,12 @@
     SCALEBOX_AGENT_PORT  TCP port of the HTTP server (default 8888)
     SCALEBOX_START_CMD   shell command run at start with /bin/sh -c (optional)
     SCALEBOX_START_CWD   its working directory (default /)
+    SCALEBOX_ACCESS_TOKEN  the token requests must carry as X-Access-Token (unset or empty: none needed)
 
-Every SCALEBOX_* variable is removed from the start command's environment.
+    SCALEBOX_AGENT_VENDOR  where the vendored packages are (read by __main__; default /opt/scalebox/vendor)
+
+Every SCALEBOX_* variable is removed from the start command's environment,
+and must be from every process the agent starts (``child_environ``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class Config(NamedTuple):
     port: int = DEFAULT_PORT
     start_cmd: str | None = None  # a string annotation: NamedTuple does not evaluate it
     start_cwd: str = "/"
+    access_token: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:
@@ -31,6 +36,7 @@ class Config(NamedTuple):
             port=_parse_port(environ.get("SCALEBOX_AGENT_PORT", "")),
             start_cmd=environ.get("SCALEBOX_START_CMD") or None,
             start_cwd=environ.get("SCALEBOX_START_CWD") or "/",
+            access_token=environ.get("SCALEBOX_ACCESS_TOKEN") or None,
         )
 
 

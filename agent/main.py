@@ -1,5 +1,10 @@
 """Wiring: read the config, take on PID 1 duties, serve HTTP, run the start command.
 
+The HTTP routes are /health, then whatever the services add: the file
+service (agent.fs) its RPCs and /download/, /upload; the process service
+(agent.process) its RPCs. A service whose package cannot be imported is
+logged and left out, so the agent still boots and answers /health.
+
 Shutdown: SIGTERM or SIGINT (forwarded to the start command's group like the
 other signals) stops the listeners, gives the group SHUTDOWN_GRACE seconds to
 exit, SIGKILLs what is left, and exits 0. The start command's own exit does
@@ -13,7 +18,10 @@ import os
 import sys
 
 from agent import log
+from agent.auth import Authenticator
 from agent.config import Config, ConfigError
+from agent.connect import Registry
+from agent.http import HttpServer, Routes
 from agent.init import (
     SHUTDOWN_SIGNALS,
     Reaper,
@@ -22,7 +30,6 @@ from agent.init import (
     signal_name,
 )
 from agent.routes import Health, build_routes
-from agent.server import HttpServer
 from agent.startcmd import StartCommand
 
 # Podman would wait 10 s before its own SIGKILL; a sandbox should stop in about 2.
@@ -62,8 +69,14 @@ async def _run(config: Config) -> int:
 
     install_signal_handlers(loop, reaper, on_signal)
 
+    authenticator = Authenticator(config.access_token)
+    authenticator.log_mode()
     health = Health()
-    server = HttpServer(build_routes(health))
+    routes = build_routes(health, authenticator)
+    registry = Registry()
+    _install_services(registry, routes, reaper)
+    registry.mount(routes)
+    server = HttpServer(routes)
     try:
         bound = await server.listen(config.port)
     except OSError as exc:
@@ -87,6 +100,22 @@ async def _run(config: Config) -> int:
     if start is not None:
         await start.stop(SHUTDOWN_GRACE)
     return 0
+
+
+def _install_services(registry: Registry, routes: Routes, reaper: Reaper) -> None:
+    try:
+        from agent import fs
+    except ImportError as exc:
+        log.event("service_unavailable", service="fs", error=repr(exc))
+    else:
+        fs.install(registry, routes)
+    try:
+        from agent import process
+    except ImportError as exc:
+        log.event("service_unavailable", service="process", error=repr(exc))
+    else:
+        process.install(registry, reaper)
+    log.event("services", procedures=registry.procedures)
 
 
 def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:

@@ -1,9 +1,9 @@
-"""The agent's HTTP routes. Only readiness for now; files and processes come later."""
+"""The agent's own HTTP routes (readiness) and the routes table the services join."""
 
 from __future__ import annotations
 
-from agent.http1 import Request, Response, error_response
-from agent.server import Routes
+from agent.auth import PUBLIC, Authenticator
+from agent.http import Request, Response, Routes, error_response
 
 
 class Health:
@@ -18,7 +18,7 @@ class Health:
         return error_response(503, "unavailable", "the agent is not ready")
 
 
-def build_routes(health: Health) -> Routes:
-    routes = Routes()
-    routes.add("GET", "/health", health.handle)
+def build_routes(health: Health, authenticator: Authenticator) -> Routes:
+    routes = Routes(guard=authenticator.check)
+    routes.add("GET", "/health", health.handle, auth=PUBLIC)
     return routes

@@ -169,14 +169,14 @@ async def _serve_locked(config: ServeConfig) -> None:
                 rec = store.get_sandbox(sandbox_id)
                 return None if rec is None else SandboxView(state=rec.state.value, ip=rec.ip)
 
-            def router(host: str, token: str | None, signed_url: bool) -> Verdict:
+            def router(host: str, token: str | None, agent_authorises: bool) -> Verdict:
                 return decide(
                     route(host, config.domain),
                     lookup=lookup,
                     access_token=token,
                     verify=lambda sid, tok: verify_access_token(secret, sid, tok),
                     api_address=UnixAddress(str(api_socket)),
-                    signed_url=signed_url,
+                    agent_authorises=agent_authorises,
                 )
 
             gateway = Gateway(router=router, ssl_context=ssl_context, pool=Pool())

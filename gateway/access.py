@@ -52,13 +52,11 @@ def decide(
     access_token: str | None,
     verify: Callable[[str, str | None], bool],
     api_address: Address,
-    signed_url: bool = False,
+    agent_authorises: bool = False,
 ) -> Verdict:
-    """`signed_url`: a file download or upload carrying a signature in its query.
-
-    Such a request is let through to the agent without X-Access-Token: signed URLs
-    exist for browsers and other clients that cannot set headers, and the agent,
-    which knows the token, verifies the signature itself.
+    """`agent_authorises`: a request the agent checks itself (a signed file URL, a
+    watcher capability), let through without X-Access-Token: signed URLs exist for
+    clients that cannot set headers, and the agent knows the token.
     """
     match route:
         case ApiRoute():
@@ -74,7 +72,7 @@ def decide(
     sandbox = lookup(sandbox_id)
     if sandbox is None:
         return Refuse(404, "sandbox_not_found", f"sandbox {sandbox_id} does not exist")
-    if needs_token and not signed_url and not verify(sandbox_id, access_token):
+    if needs_token and not agent_authorises and not verify(sandbox_id, access_token):
         why = "missing" if not access_token else "invalid"
         return Refuse(401, "unauthorized", f"{why} X-Access-Token for sandbox {sandbox_id}")
     if sandbox.state != "running" or not sandbox.ip:

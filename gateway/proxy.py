@@ -53,7 +53,7 @@ class ClientInfo:
     scheme: str
 
 
-# host (normalised), X-Access-Token, whether the target is a signed file URL -> verdict
+# host (normalised), X-Access-Token, whether the agent authorises this request itself -> verdict
 Router = Callable[[str, str | None, bool], Verdict]
 
 
@@ -90,9 +90,21 @@ class _UpstreamSilent(_UpstreamFailed):
     """The upstream closed before sending a single byte: a request without a body may be replayed."""
 
 
-def is_signed_file_url(method: bytes, target: bytes) -> bool:
-    """A download or upload whose query carries a signature (COMPAT.md's signed URLs)."""
+# The Python SDK's polling watcher calls these with no headers at all (urllib3
+# drops the pool's defaults when connectrpc passes its own), so no access token
+# can be asked of them; the watcher id they name is a 128-bit capability that
+# only an authenticated CreateWatcher hands out. The agent makes the same exception.
+_CAPABILITY_PROCEDURES = (
+    b"/sandboxagent.Filesystem/GetWatcherEvents",
+    b"/sandboxagent.Filesystem/RemoveWatcher",
+)
+
+
+def bypasses_token(method: bytes, target: bytes) -> bool:
+    """Requests the agent authorises itself: signed file URLs and watcher capabilities."""
     path, _, query = target.partition(b"?")
+    if method == b"POST" and path in _CAPABILITY_PROCEDURES:
+        return True
     if not any(part.startswith(b"signature=") for part in query.split(b"&")):
         return False
     if method in (b"GET", b"HEAD"):
@@ -245,7 +257,7 @@ class HttpSession:
         else:
             token = _header(headers, b"x-access-token")
             verdict = self.router(
-                host, token.decode("latin-1") if token is not None else None, is_signed_file_url(req.method, req.target)
+                host, token.decode("latin-1") if token is not None else None, bypasses_token(req.method, req.target)
             )
 
         status, outcome = 0, "ok"

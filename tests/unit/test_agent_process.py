@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from appliance.vendor import prepare_vendor_dir
+
 REPO = Path(__file__).resolve().parents[2]
 AGENT_DIR = REPO / "agent"
 READY_SECONDS = 10.0
@@ -331,10 +333,12 @@ def test_directory_form_on_python39(start_agent: Callable[..., Agent], tmp_path:
     python39 = _python39()
     # The machine image ships pyenv's 3.9; without it this check would prove nothing.
     assert python39 is not None, "no python3.9 found (expected under ~/.pyenv/versions)"
+    # That interpreter has no h11: the agent must find it where the appliance mounts it.
+    vendor = prepare_vendor_dir(tmp_path / "vendor")
     agent = start_agent(
         argv=[python39, "-I", str(AGENT_DIR)],
         cwd=tmp_path,
-        env={"SCALEBOX_START_CMD": "trap '' TERM; sleep 60"},
+        env={"SCALEBOX_START_CMD": "trap '' TERM; sleep 60", "SCALEBOX_AGENT_VENDOR": str(vendor)},
     )
     assert agent.event("agent_start")["python"].startswith("3.9.")
     assert agent.request("GET", "/nope")[0] == 404

@@ -188,7 +188,7 @@ def forward_to(up: Upstream | int) -> Forward:
 
 
 def router_for(routes: dict[str, Verdict]) -> Callable[[str, str | None, bool], Verdict]:
-    def route(host: str, token: str | None, signed_url: bool) -> Verdict:
+    def route(host: str, token: str | None, agent_authorises: bool) -> Verdict:
         return routes.get(host, Refuse(404, "unknown_host", f"no route for {host}"))
 
     return route

@@ -6,7 +6,7 @@ import pytest
 
 from controlplane.tokens import mint_access_token, verify_access_token
 from gateway.access import AGENT_PORT, Forward, Refuse, SandboxView, decide
-from gateway.proxy import is_signed_file_url
+from gateway.proxy import bypasses_token
 from gateway.routing.hosts import InvalidHost, normalise_host, split_host_port
 from gateway.routing.table import AgentRoute, ApiRoute, NoRoute, PortRoute, Route, route
 from gateway.upstream import TcpAddress, UnixAddress
@@ -358,7 +358,7 @@ def test_decide_signed_file_url_reaches_the_agent_without_a_header_token() -> No
         access_token=None,
         verify=lambda *_: False,
         api_address=API,
-        signed_url=True,
+        agent_authorises=True,
     )
     assert isinstance(verdict, Forward) and verdict.port == AGENT_PORT
 
@@ -368,7 +368,7 @@ def test_decide_signed_file_url_still_needs_a_known_running_sandbox() -> None:
     for sandboxes, status in (({}, 404), (paused, 409)):
         verdict = decide(
             AgentRoute(SBX), lookup=sandboxes.get, access_token=None, verify=lambda *_: False, api_address=API,
-            signed_url=True,
+            agent_authorises=True,
         )  # fmt: skip
         assert isinstance(verdict, Refuse) and verdict.status == status
 
@@ -387,7 +387,12 @@ def test_decide_signed_file_url_still_needs_a_known_running_sandbox() -> None:
         (b"GET", b"/upload?signature=v1_abc", False),
         (b"POST", b"/sandboxagent.Process/Start?signature=v1_abc", False),
         (b"POST", b"/uploads?signature=v1_abc", False),
+        (b"POST", b"/sandboxagent.Filesystem/GetWatcherEvents", True),
+        (b"POST", b"/sandboxagent.Filesystem/RemoveWatcher", True),
+        (b"GET", b"/sandboxagent.Filesystem/GetWatcherEvents", False),
+        (b"POST", b"/sandboxagent.Filesystem/CreateWatcher", False),
+        (b"POST", b"/sandboxagent.Filesystem/GetWatcherEventsX", False),
     ],
 )
-def test_is_signed_file_url(method: bytes, target: bytes, signed: bool) -> None:
-    assert is_signed_file_url(method, target) is signed
+def test_bypasses_token(method: bytes, target: bytes, signed: bool) -> None:
+    assert bypasses_token(method, target) is signed
