@@ -1,10 +1,54 @@
-"""Error answers the gateway gives itself: JSON for API clients, a short page for browsers."""
+"""Error answers the gateway gives itself: JSON for API clients, a short page for browsers,
+and Connect-shaped errors for the SDKs' RPCs to a sandbox's agent, so that an SDK
+reports `unauthenticated` or `unavailable` rather than failing to parse our JSON."""
 
 from __future__ import annotations
 
 import html
 import json
+import re
 from datetime import UTC, datetime
+
+from agent.connect.envelope import FLAG_END_STREAM, encode_envelope
+
+_CONNECT_PROCEDURE = re.compile(rb"/[A-Za-z_][\w.]*\.[A-Za-z_]\w*/[A-Za-z_]\w*")
+_CONNECT_CODES = {
+    400: "invalid_argument",
+    401: "unauthenticated",
+    403: "permission_denied",
+    404: "not_found",
+    409: "failed_precondition",
+    413: "resource_exhausted",
+    429: "resource_exhausted",
+    502: "unavailable",
+    503: "unavailable",
+    504: "deadline_exceeded",
+}
+
+
+def connect_kind(method: bytes, path: bytes, content_type: bytes) -> str | None:
+    """ "stream" or "unary" when the request is a Connect RPC, else None."""
+    if method != b"POST" or not _CONNECT_PROCEDURE.fullmatch(path):
+        return None
+    ctype = content_type.split(b";", 1)[0].strip().lower()
+    if ctype in (b"application/connect+proto", b"application/connect+json"):
+        return "stream"
+    if ctype in (b"application/proto", b"application/json"):
+        return "unary"
+    return None
+
+
+def render_connect(status: int, message: str, *, kind: str, content_type: str) -> tuple[int, str, bytes]:
+    """(HTTP status, content type, body) of a Connect error.
+
+    Stream errors travel in-band: HTTP 200 and an end-of-stream envelope, as the
+    Connect clients read them; unary errors are the HTTP status and `{code, message}`.
+    """
+    error = {"code": _CONNECT_CODES.get(status, "unknown"), "message": message}
+    if kind == "stream":
+        payload = json.dumps({"error": error}, separators=(",", ":")).encode()
+        return 200, content_type, encode_envelope(payload, FLAG_END_STREAM)
+    return status, "application/json", json.dumps(error, separators=(",", ":")).encode()
 
 
 def wants_html(accept: str) -> bool:

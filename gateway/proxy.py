@@ -179,6 +179,9 @@ class HttpSession:
         self.drain = drain
         self.limits = limits
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        # Of the request being answered: errors to Connect RPCs take Connect's shape.
+        self._connect_kind: str | None = None
+        self._content_type = ""
 
     async def run(self) -> None:
         first = True
@@ -247,6 +250,9 @@ class HttpSession:
         rid_raw = (_header(headers, b"x-request-id") or b"")[:64]
         rid = rid_raw.decode("ascii") if _CLIENT_REQUEST_ID.fullmatch(rid_raw) else uuid.uuid4().hex[:16]
         accept = (_header(headers, b"accept") or b"").decode("latin-1")
+        content_type = _header(headers, b"content-type") or b""
+        self._content_type = content_type.decode("latin-1")
+        self._connect_kind = errors.connect_kind(req.method, req.target.split(b"?", 1)[0], content_type)
         started = time.monotonic()
         host_raw = _header(headers, b"host") or b""
         try:
@@ -292,7 +298,12 @@ class HttpSession:
 
     async def _refuse(self, status: int, error: str, message: str, accept: str, rid: str) -> bool:
         keep = await self._discard_body()
-        ctype, body = errors.render(status, error, message, accept=accept, request_id=rid)
+        if self._connect_kind is not None:
+            status, ctype, body = errors.render_connect(
+                status, message, kind=self._connect_kind, content_type=self._content_type
+            )
+        else:
+            ctype, body = errors.render(status, error, message, accept=accept, request_id=rid)
         headers = [
             (b"content-type", ctype.encode()),
             (b"content-length", str(len(body)).encode()),
