@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
 from appliance import log
@@ -40,8 +42,25 @@ def _json(payload: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(payload, separators=(",", ":")), status=status, content_type="application/json")
 
 
+# File uploads through the API: Quart buffers a request body as it arrives, so
+# this bounds memory per upload; larger files go to the sandbox domain, which
+# streams end to end.
+MAX_UPLOAD = 256 << 20
+_FILES_PATH = re.compile(r"/v1/sandboxes/[^/]+/files")
+
+
+class ApiRequest(TrioRequest):
+    """Every body is capped at MAX_BODY, except a file upload's, known from the path before any byte is read."""
+
+    def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
+        if method == "PUT" and _FILES_PATH.fullmatch(path):
+            kwargs["max_content_length"] = MAX_UPLOAD
+        super().__init__(method, scheme, path, *args, **kwargs)
+
+
 def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) -> QuartTrio:
     app = QuartTrio("scalebox-controlplane")
+    app.request_class = ApiRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 

@@ -44,7 +44,6 @@ from controlplane.tokens import mint_access_token
 
 # What one exec answer may carry of each stream; the rest is cut and flagged.
 MAX_CAPTURE = 4 * 1024 * 1024
-MAX_UPLOAD = 10 * 1024 * 1024 * 1024
 PROCESS = "sandboxagent.Process"
 
 _AGENT_CODES: dict[str, type[ApiError]] = {
@@ -278,7 +277,6 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
     async def upload_file(sandbox_id: str) -> Response:
         path, user = file_args()
         ep = endpoint(sandbox_id)
-        request.max_content_length = MAX_UPLOAD
 
         async def chunks() -> AsyncIterator[bytes]:
             async for chunk in request.body:
