@@ -72,5 +72,11 @@ if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
     printf '%s\n' "$want" >"$stamp"
 fi
 
+# --- agent bytecode --------------------------------------------------------------
+# Sandboxes mount agent/ read-only, so their python3 cannot cache bytecode: every
+# boot would recompile the agent. Compile it here (the base image runs the same
+# Python minor version as this venv); stale or missing files only cost that time.
+"$venv/bin/python" -m compileall -q "$repo/agent" >/dev/null
+
 # --- template images -----------------------------------------------------------
 bash "$repo/podman/templates/base/build.sh"
