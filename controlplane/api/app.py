@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from appliance import log
 from controlplane import apikeys
 from controlplane.agentclient import AgentError
-from controlplane.api import exec_routes, schemas, terminal
+from controlplane.api import exec_routes, extras, schemas, terminal
 from controlplane.api.envelope import failure, success
 from controlplane.errors import ApiError, BadRequest
 from controlplane.lifecycle.service import SandboxService
@@ -247,4 +247,5 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
 
     exec_routes.register(app, service=service, secret=settings.secret)
     terminal.register(app, service=service, store=store, secret=settings.secret)
+    extras.register(app, service=service, domain=settings.domain, public_port=settings.public_port)
     return app

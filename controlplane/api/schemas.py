@@ -124,25 +124,28 @@ def _ports(body: dict[str, Any]) -> list[dict[str, Any]]:
     seen_ports: set[int] = set()
     seen_names: set[str] = set()
     for i, item in enumerate(value):
-        item = json_object(item, f"custom_ports[{i}]")
-        port = int_field(item, "port", 0, 1, 65535)
-        if port == 0:
-            raise BadRequest(f"custom_ports[{i}].port is required", code="invalid_field")
-        name = item.get("name")
-        if not isinstance(name, str) or not _PORT_NAME.fullmatch(name):
-            raise BadRequest(
-                f"custom_ports[{i}].name must be 1-15 lowercase letters, digits or '-'",
-                code="invalid_field",
-            )
-        protocol = item.get("protocol") or "TCP"
-        if protocol not in ("TCP", "UDP"):
-            raise BadRequest(f"custom_ports[{i}].protocol must be TCP or UDP", code="invalid_field")
-        if port in seen_ports or name in seen_names:
+        port = port_field(item, f"custom_ports[{i}]")
+        if port["port"] in seen_ports or port["name"] in seen_names:
             raise BadRequest(f"custom_ports[{i}]: port numbers and names must be unique", code="invalid_field")
-        seen_ports.add(port)
-        seen_names.add(name)
-        ports.append({"port": port, "name": name, "protocol": protocol})
+        seen_ports.add(port["port"])
+        seen_names.add(port["name"])
+        ports.append(port)
     return ports
+
+
+def port_field(value: Any, where: str) -> dict[str, Any]:
+    """One `{port, name, protocol}`, validated; `where` names it in errors."""
+    item = json_object(value, where)
+    port = int_field(item, "port", 0, 1, 65535)
+    if port == 0:
+        raise BadRequest(f"{where}.port is required", code="invalid_field")
+    name = item.get("name")
+    if not isinstance(name, str) or not _PORT_NAME.fullmatch(name):
+        raise BadRequest(f"{where}.name must be 1-15 lowercase letters, digits or '-'", code="invalid_field")
+    protocol = item.get("protocol") or "TCP"
+    if protocol not in ("TCP", "UDP"):
+        raise BadRequest(f"{where}.protocol must be TCP or UDP", code="invalid_field")
+    return {"port": port, "name": name, "protocol": protocol}
 
 
 def parse_create(body: Any, limits: HostLimits) -> CreateRequest:

@@ -294,6 +294,38 @@ class SandboxService:
                 )
             return self._save(rec, timeout=seconds, timeout_at=self.clock() + seconds)
 
+    async def add_port(self, sandbox_id: str, port: dict[str, object]) -> SandboxRecord:
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            if rec.state in (State.TERMINATING, State.TERMINATED, State.FAILED):
+                raise Conflict(f"sandbox {rec.id} is {rec.state.value}", code="invalid_state")
+            for existing in rec.custom_ports:
+                if existing["port"] == port["port"] or existing["name"] == port["name"]:
+                    raise Conflict(
+                        f"sandbox {rec.id} already declares port {existing['port']} ({existing['name']})",
+                        code="port_exists",
+                    )
+            return self._save(rec, custom_ports=[*rec.custom_ports, dict(port)])
+
+    async def remove_port(self, sandbox_id: str, port: int) -> SandboxRecord:
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            kept = [p for p in rec.custom_ports if p["port"] != port]
+            if len(kept) == len(rec.custom_ports):
+                raise NotFound(f"sandbox {rec.id} declares no port {port}", code="port_not_found")
+            return self._save(rec, custom_ports=kept)
+
+    async def logs(self, sandbox_id: str, tail: int) -> bytes:
+        rec = self.get(sandbox_id)
+        if rec.container_id is None or rec.state in (State.TERMINATED, State.FAILED):
+            raise Conflict(
+                f"sandbox {rec.id} is {rec.state.value}; its container and logs are gone", code="invalid_state"
+            )
+        try:
+            return await self.runtime.logs(rec.container_id, tail)
+        except RuntimeFailure as exc:
+            raise Unavailable(f"logs of sandbox {rec.id} are unavailable: {exc}", code="logs_failed") from exc
+
     async def stats(self, sandbox_id: str) -> tuple[SandboxRecord, ContainerStats | None]:
         rec = self.get(sandbox_id)
         if rec.state not in (State.RUNNING, State.PAUSED) or rec.container_id is None:

@@ -101,6 +101,10 @@ class Runtime(Protocol):
 
     async def image_exists(self, image: str) -> bool: ...
 
+    async def logs(self, container_id: str, tail: int) -> bytes:
+        """The last `tail` lines the container's PID 1 (the agent, and the start command) wrote."""
+        ...
+
     async def exec(self, container_id: str, command: builtins.list[str]) -> tuple[int, bytes]:
         """Run a command inside; return (exit code, combined output). For tests and tools."""
         ...

@@ -43,7 +43,7 @@ from controlplane.runtime.base import (
 BASE_IMAGE = "localhost/scalebox/base:latest"
 _MIB = 1024 * 1024
 _OPERATIONS = frozenset(
-    {"create", "start", "inspect", "pause", "unpause", "remove", "list", "stats", "image_exists", "exec"}
+    {"create", "start", "inspect", "pause", "unpause", "remove", "list", "stats", "image_exists", "exec", "logs"}
 )
 
 
@@ -54,6 +54,8 @@ class FakeContainer:
     state: str = "created"
     ip: str | None = None
     exit_code: int | None = None
+    # What `logs` returns; tests may add lines.
+    log_lines: list[bytes] = field(default_factory=list)
     # What `stats` reports while it runs; tests may change them.
     cpu_used_pct: float = 1.5
     mem_used: int = 24 * _MIB
@@ -205,6 +207,11 @@ class FakeRuntime:
     async def image_exists(self, image: str) -> bool:
         await self._enter("image_exists", image)
         return image in self.images
+
+    async def logs(self, container_id: str, tail: int) -> bytes:
+        await self._enter("logs", container_id)
+        container = self._find(container_id)
+        return b"".join(line + b"\n" for line in container.log_lines[-tail:])
 
     async def exec(self, container_id: str, command: list[str]) -> tuple[int, bytes]:
         await self._enter("exec", container_id)

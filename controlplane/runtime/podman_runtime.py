@@ -137,6 +137,15 @@ class PodmanRuntime:
     async def image_exists(self, image: str) -> bool:
         return bool(await self._call(lambda c: c.images.exists(image)))
 
+    async def logs(self, container_id: str, tail: int) -> bytes:
+        def logs_(client: PodmanClient) -> bytes:
+            params = {"stdout": "true", "stderr": "true", "tail": str(tail)}
+            response = client.api.get(_container_path(container_id, "/logs"), params=params)
+            response.raise_for_status()
+            return unframe(response.content)
+
+        return await self._call(logs_)
+
     async def exec(self, container_id: str, command: list[str]) -> tuple[int, bytes]:
         def exec_(client: PodmanClient) -> tuple[int, bytes]:
             body = {"Cmd": command, "AttachStdout": True, "AttachStderr": True, "Tty": False}

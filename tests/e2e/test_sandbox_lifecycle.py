@@ -130,6 +130,9 @@ def test_metrics_and_regions(appliance: Appliance) -> None:
         assert sample["cpu_count"] == 1 and sample["cpu_used_pct"] >= 0
         old = api.get(f"{appliance.api_url}/sandboxes/{sid}/metrics", params={"end": "1000"})
         assert old.json()["data"]["metrics"] == []
+        logs = api.get(f"{appliance.api_url}/sandboxes/{sid}/logs", params={"tail": "50"})
+        assert logs.status_code == 200
+        assert any('"agent_start"' in line for line in logs.json()["data"]["lines"]), logs.text
         regions = appliance.client(api_key=None).get(f"{appliance.api_url}/scalebox-regions")
         assert regions.status_code == 200 and regions.json()["data"]["scalebox_regions"][0]["id"]
 
