@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only create|gateway] [--json out.json]`
+"""`python -m bench [--quick] [--only create|gateway|agent] [--json out.json]`
 
 Starts a real appliance on a temporary data dir, runs the benchmarks side by side
 with their baselines (raw Podman, nginx, direct), prints a table, and removes
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import create, gateway, report
+from bench import agent, create, gateway, report
 from bench.env import running_appliance
 
 
@@ -36,8 +36,8 @@ def _clean(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller download (about 20 s, not 70 s)")
-    parser.add_argument("--only", choices=["create", "gateway"], help="run one benchmark")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller transfers (about 40 s, not 2 min)")
+    parser.add_argument("--only", choices=["create", "gateway", "agent"], help="run one benchmark")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             gres = gateway.run(app, plan, log=_log)
             out["gateway"] = {**gres.to_json(), "headline": gateway.headline(gres), "ratios": report.ratios(gres)}
             tables.append(report.gateway_table(gres))
+        if args.only in (None, "agent"):
+            aplan = agent.AgentPlan.quick() if args.quick else agent.AgentPlan()
+            ares = agent.run(app, aplan, log=_log).to_json()
+            out["agent"] = ares
+            tables.append(report.agent_table(ares))
     out["seconds"] = round(time.monotonic() - started, 1)
     print()
     print("\n\n".join(tables))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _RECV = 1 << 20
@@ -59,10 +60,31 @@ class Connection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def get(self, path: str = "/", *, close: bool = False) -> int:
+    def get(self, path: str = "/", *, close: bool = False, headers: Sequence[tuple[str, str]] = ()) -> int:
         """Send one GET and read the whole response; returns the body length."""
+        return self.request("GET", path, close=close, headers=headers)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        close: bool = False,
+        headers: Sequence[tuple[str, str]] = (),
+        body: Sequence[bytes | memoryview] = (),
+    ) -> int:
+        """Send one request (the body's parts, in order, with their Content-Length) and read
+        the whole 200 response; returns the response body length."""
         extra = "Connection: close\r\n" if close else ""
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.target.host}\r\n{extra}\r\n".encode())
+        extra += "".join(f"{name}: {value}\r\n" for name, value in headers)
+        if body or method != "GET":
+            extra += f"Content-Length: {sum(len(part) for part in body)}\r\n"
+        self.sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {self.target.host}\r\n{extra}\r\n".encode())
+        for part in body:
+            self.sock.sendall(part)
+        return self._read_response()
+
+    def _read_response(self) -> int:
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
             self._fill()
         head = bytes(self.buf[:end]).decode("latin-1")

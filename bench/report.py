@@ -106,3 +106,64 @@ def gateway_table(result: GatewayResult) -> str:
         lines.append(f"  load errors (non-2xx or socket): {errors}")
     lines += [f"  note: {n}" for n in result.notes]
     return "\n".join(lines)
+
+
+def agent_table(data: dict[str, Any]) -> str:
+    """`data` is `AgentResult.to_json()`."""
+    head = data["headline"]
+    cpu = data["cpu_us_per_call"]
+    sbx = data.get("sandbox", {})
+    cpus = (sbx.get("nano_cpus") or 0) / 1e9
+    mem = (sbx.get("memory_bytes") or 0) / (1 << 20)
+    width = 34
+    title = 'commands.run("true") latency, ms'
+    lines = [
+        f"agent through the official sync SDK (one sandbox: {cpus:g} CPU, {mem:.0f} MiB; MB = 10^6 bytes)",
+        f"  {title:{width}}{'p50':>9}{'p99':>9}{'n':>6}   CPU us/call: {'client':>7}{'gateway':>8}{'agent':>7}",
+    ]
+    for name, row in head["commands"].items():
+        parts = cpu.get(name, {}) if name.startswith("sdk") else {}
+        cells = "".join(f"{_fmt(parts.get(who), '{:.0f}'):>{w}}" for who, w in (("client", 7), ("gateway", 8),
+                                                                              ("agent", 7)))  # fmt: skip
+        label = "podman exec <ctr> true" if name == "podman exec" else name
+        lines.append(
+            f"  {label:{width}}{_fmt(row['p50_ms'], '{:.2f}'):>9}{_fmt(row['p99_ms'], '{:.2f}'):>9}{row['n']:>6}"
+            + (f"   {'':13}{cells}" if parts else "")
+        )
+    n_up = len(next(iter(data["upload_mb_s"].values()), {}).get("samples", []))
+    lines.append("")
+    who = ("client", "gateway", "agent")
+    busy = data.get("busy_median", {})
+    lines.append(
+        f"  {f'transfer MB/s (median of {n_up})':{width}}{'upload':>9}{'download':>10}"
+        f"   busy up: {''.join(f'{w:>8}' for w in who)}   down: {''.join(f'{w:>8}' for w in who)}"
+    )
+    for name in head["upload_mb_s"]:
+        cells = [
+            "".join(f"{_fmt(busy.get(name, {}).get(way, {}).get(w), '{:.2f}'):>8}" for w in who)
+            for way in ("upload", "download")
+        ]
+        lines.append(
+            f"  {name:{width}}{_fmt(head['upload_mb_s'][name], '{:.0f}'):>9}"
+            f"{_fmt(head['download_mb_s'].get(name), '{:.0f}'):>10}"
+            f"   {'':9}{cells[0]}   {'':5}{cells[1]}"
+        )
+    lines.append("  (busy: CPU seconds per wall second during the transfer; 1.00 is one core)")
+    lines.append("")
+    lines.append("  ratios (latency: >1 is slower; MB/s: <1 is slower; MB/s: median of per-round ratios)")
+    for label, value in data["ratios"].items():
+        lines.append(f"  {label:52}{_fmt(value, '{:.2f}x'):>8}")
+    rss = head["rss_mb"]
+    lines.append("")
+    lines.append(
+        f"  agent PID 1 VmRSS MB: after boot {_fmt(rss['boot'], '{:.1f}')}, after the benchmark "
+        f"{_fmt(rss['after'], '{:.1f}')} (growth {_fmt(rss['growth'], '{:+.1f}')}; peak VmHWM "
+        f"{_fmt(rss['peak_hwm'], '{:.1f}')})"
+    )
+    lines.append("")
+    lines.append("  issue goals")
+    for label, goal in data["goals"].items():
+        verdict = "met" if goal["met"] else "MISSED"
+        lines.append(f"  {label:{width + 4}}{_fmt(goal['value'], '{:.1f}'):>8}  goal {goal['goal']:<7} {verdict}")
+    lines += [f"  note: {n}" for n in data.get("notes", [])]
+    return "\n".join(lines)

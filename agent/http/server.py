@@ -506,7 +506,10 @@ async def _close_iterator(body: object) -> None:
 
 
 def _bind(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named explicitly: asyncio turns TCP_NODELAY on for accepted
+    # sockets only when the listener's proto says TCP, and without it the last
+    # small frames of every answer wait ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:

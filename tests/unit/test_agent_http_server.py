@@ -467,3 +467,24 @@ def test_ipv6_listener_when_available() -> None:
             await server.close()
 
     asyncio.run(main())
+
+
+def test_accepted_connections_send_without_delay() -> None:
+    """Small answers must not wait for the client's delayed ACK (Nagle): TCP_NODELAY is on."""
+
+    async def main() -> int:
+        app = App()
+        server = HttpServer(app.routes)
+        [(_, port)] = await server.listen(0, host="127.0.0.1", ipv6_host=None)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            await read_response(reader)
+            [connection] = server.connections
+            sock = connection._transport.get_extra_info("socket")
+            writer.close()
+            return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        finally:
+            await server.close()
+
+    assert asyncio.run(main()) == 1
