@@ -1,4 +1,10 @@
-"""The `scalebox` command. `scalebox serve` runs the appliance in the foreground."""
+"""`scalebox serve`: run the appliance in the foreground.
+
+The `scalebox` console script is the click group in cli/main.py; its `serve`
+command forwards its raw arguments here, so the appliance's options, their
+environment defaults and help stay argparse's, in appliance/config.py.
+`python -m appliance.cli serve ...` still works without the client side.
+"""
 
 from __future__ import annotations
 

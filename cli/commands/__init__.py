@@ -1,0 +1,1 @@
+"""The `scalebox` subcommands, one module per group."""
