@@ -10,20 +10,11 @@ import re
 from datetime import UTC, datetime
 
 from agent.connect.envelope import FLAG_END_STREAM, encode_envelope
+from agent.connect.errors import CODE_FOR_HTTP_STATUS
 
 _CONNECT_PROCEDURE = re.compile(rb"/[A-Za-z_][\w.]*\.[A-Za-z_]\w*/[A-Za-z_]\w*")
-_CONNECT_CODES = {
-    400: "invalid_argument",
-    401: "unauthenticated",
-    403: "permission_denied",
-    404: "not_found",
-    409: "failed_precondition",
-    413: "resource_exhausted",
-    429: "resource_exhausted",
-    502: "unavailable",
-    503: "unavailable",
-    504: "deadline_exceeded",
-}
+# The gateway's 409 means "the sandbox is not running": a precondition, not a clash.
+_CONNECT_CODES = {**CODE_FOR_HTTP_STATUS, 409: "failed_precondition"}
 
 
 def connect_kind(method: bytes, path: bytes, content_type: bytes) -> str | None:

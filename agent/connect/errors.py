@@ -32,7 +32,9 @@ HTTP_STATUS = {
     "unauthenticated": 401,
 }
 
-_FROM_HTTP_STATUS = {
+# The Connect code an HTTP status stands for; the one table the agent, the
+# gateway and the CLI use when an HTTP answer must be read as a Connect error.
+CODE_FOR_HTTP_STATUS = {
     400: "invalid_argument",
     401: "unauthenticated",
     403: "permission_denied",
@@ -42,8 +44,10 @@ _FROM_HTTP_STATUS = {
     413: "resource_exhausted",
     429: "resource_exhausted",
     501: "unimplemented",
+    502: "unavailable",
     503: "unavailable",
     504: "deadline_exceeded",
+    507: "resource_exhausted",
 }
 
 
@@ -67,5 +71,5 @@ class ConnectError(Exception):
 
 
 def from_http_error(exc: HttpError) -> ConnectError:
-    code = exc.code if exc.code in HTTP_STATUS else _FROM_HTTP_STATUS.get(exc.status, "unknown")
+    code = exc.code if exc.code in HTTP_STATUS else CODE_FOR_HTTP_STATUS.get(exc.status, "unknown")
     return ConnectError(code, exc.message)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agent.connect.errors import CODE_FOR_HTTP_STATUS
 from cli.sandboxio.errors import ProtocolError, RemoteError
 
 PROCESS = "sandboxagent.Process"
@@ -170,19 +171,8 @@ def error_from_body(status: int, body: bytes) -> RemoteError:
     return RemoteError(code, data["message"])
 
 
-_STATUS_CODES = {
-    400: "invalid_argument",
-    401: "unauthenticated",
-    403: "permission_denied",
-    404: "not_found",
-    409: "failed_precondition",
-    413: "resource_exhausted",
-    429: "resource_exhausted",
-    502: "unavailable",
-    503: "unavailable",
-    504: "deadline_exceeded",
-    507: "resource_exhausted",
-}
+# The gateway answers 409 for a sandbox that is not running (see gateway/errors.py).
+_STATUS_CODES = {**CODE_FOR_HTTP_STATUS, 409: "failed_precondition"}
 
 
 # --- files ---------------------------------------------------------------------------------

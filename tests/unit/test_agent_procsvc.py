@@ -347,7 +347,11 @@ def test_input_to_a_process_that_closed_its_stdin() -> None:
     async def body(service: ProcessService) -> None:
         stream = Stream(service.start(shell("exec 0<&-; sleep 30"), ctx()))
         pid = await stream.started()
-        await asyncio.sleep(0.2)
+        # Wait for the shell to have closed its stdin (a fixed sleep races a loaded machine).
+        for _ in range(500):
+            if not os.path.exists(f"/proc/{pid}/fd/0"):
+                break
+            await asyncio.sleep(0.01)
         request = SendInputRequest(process=pid_selector(pid), input=ProcessInput(stdin=b"x"))
         await expect_error(service.send_input(request, ctx()), "failed_precondition", "no more input")
 
