@@ -45,19 +45,26 @@ def test_terminal_over_websocket(appliance: Appliance) -> None:
     assert isinstance(term.event(), ws.AcceptConnection)
     start = term.event()
     assert isinstance(start, ws.TextMessage) and json.loads(start.data)["type"] == "start"
+    output = bytearray()
+
+    def read_until(needle: bytes) -> dict[str, object] | None:
+        """Collect output until `needle` shows (or the shell exits: return its exit message)."""
+        while needle not in output:
+            event = term.event()
+            if isinstance(event, ws.BytesMessage):
+                output.extend(event.data)
+            elif isinstance(event, ws.TextMessage):
+                message: dict[str, object] = json.loads(event.data)
+                return message
+            elif isinstance(event, ws.CloseConnection):
+                raise AssertionError(f"closed before {needle!r}: {bytes(output)!r}")
+        return None
+
     term.send(b"stty size; echo marker-$((6*7))\n")
+    assert read_until(b"marker-42\r\n") is None  # the shell ran the line before the resize is sent
     term.send(json.dumps({"type": "resize", "cols": 120, "rows": 40}))
     term.send(json.dumps({"type": "input", "data": "stty size; exit 4\n"}))
-    output = bytearray()
-    exit_message = None
-    while exit_message is None:
-        event = term.event()
-        if isinstance(event, ws.BytesMessage):
-            output += event.data
-        elif isinstance(event, ws.TextMessage):
-            exit_message = json.loads(event.data)
-        elif isinstance(event, ws.CloseConnection):
-            break
+    exit_message = read_until(b"\x00never")
     text = output.decode(errors="replace")
     assert "marker-42" in text and "30 100" in text and "40 120" in text
     assert exit_message == {"type": "exit", "exit_code": 4, "status": "exit status 4"}
