@@ -152,9 +152,10 @@ def test_exec_output_is_live_on_both_streams(cli: Cli) -> None:
     err_at = time.monotonic() - started
     assert proc.wait(60) == 0
     total = time.monotonic() - started
-    # Each line arrives when printed, seconds before the command ends.
-    assert out_at < total - 5, (out_at, total)
-    assert err_at < total - 2, (err_at, total)
+    # Each line arrives when printed, seconds before the command ends (the margins
+    # leave a loaded machine 1.5-2 s of slack; buffered output would arrive at the end).
+    assert out_at < total - 4, (out_at, total)
+    assert err_at < total - 1.5, (err_at, total)
     assert proc.stdout.read() == b"done\n"
 
 
