@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -19,7 +18,8 @@ from controlplane import apikeys
 from controlplane.agentclient import AgentError
 from controlplane.api import exec_routes, extras, schemas, terminal
 from controlplane.api.envelope import failure, success
-from controlplane.errors import ApiError, BadRequest
+from controlplane.api.wire import json_response, read_json_body
+from controlplane.errors import ApiError
 from controlplane.lifecycle.service import SandboxService
 from controlplane.records import SandboxRecord
 from controlplane.store import SandboxQuery, Store
@@ -36,10 +36,6 @@ class ApiSettings:
     secret: bytes
     limits: schemas.HostLimits
     region: str = "local"
-
-
-def _json(payload: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status=status, content_type="application/json")
 
 
 # File uploads through the API: Quart buffers a request body as it arrives, so
@@ -74,28 +70,6 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
     def render(rec: SandboxRecord) -> dict[str, Any]:
         return schemas.sandbox_json(rec, exposure(rec), time.time())
 
-    async def body() -> Any:
-        """The request's JSON, or None when it has no body."""
-        raw: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        if not raw.strip():
-            return None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadRequest(f"request body is not UTF-8 (byte {exc.start})", code="invalid_json") from None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BadRequest(
-                f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                code="invalid_json",
-            ) from None
-        except RecursionError:
-            raise BadRequest("request body is nested too deeply", code="invalid_json") from None
-        except ValueError as exc:
-            # Not a JSONDecodeError: int() refusing a number of more than 4300 digits.
-            raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
-
     @app.before_request
     async def authenticate() -> None:
         g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
@@ -119,7 +93,7 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
-        return _json(failure(exc.error, exc.message, exc.code, g.get("request_id")), exc.status)
+        return json_response(failure(exc.error, exc.message, exc.code, g.get("request_id")), exc.status)
 
     @app.errorhandler(AgentError)
     async def agent_failure(exc: AgentError) -> Response:
@@ -134,12 +108,12 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
             405: f"method {request.method} is not allowed on {request.path}",
             413: f"request body is larger than {MAX_BODY} bytes",
         }.get(status, exc.description or name)
-        return _json(failure(name, message, None, g.get("request_id")), status)
+        return json_response(failure(name, message, None, g.get("request_id")), status)
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
         log.event("api.crash", request_id=g.get("request_id"), error=repr(exc))
-        return _json(
+        return json_response(
             failure(
                 "internal_error", "the appliance failed to handle this request; see its log", None, g.get("request_id")
             ),
@@ -148,17 +122,19 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
 
     @app.get("/health")
     async def health() -> Response:
-        return _json(success({"status": "ok"}))
+        return json_response(success({"status": "ok"}))
 
     @app.get("/v1/scalebox-regions")
     async def regions() -> Response:
-        return _json(success({"scalebox_regions": [{"id": settings.region, "name": "Self-hosted appliance"}]}))
+        return json_response(success({"scalebox_regions": [{"id": settings.region, "name": "Self-hosted appliance"}]}))
 
     @app.post("/v1/sandboxes")
     async def create_sandbox() -> Response:
-        req = schemas.parse_create(await body(), settings.limits)
+        req = schemas.parse_create(await read_json_body(), settings.limits)
         rec = await service.create(req)
-        return _json(success(render(rec), "sandbox created" if not req.is_async else "sandbox creation started"), 201)
+        return json_response(
+            success(render(rec), "sandbox created" if not req.is_async else "sandbox creation started"), 201
+        )
 
     @app.get("/v1/sandboxes")
     async def list_sandboxes() -> Response:
@@ -172,28 +148,28 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
         )
         records, total = service.list(query)
         data = {"sandboxes": [render(r) for r in records], "pagination": schemas.pagination_json(page, total)}
-        return _json(success(data))
+        return json_response(success(data))
 
     @app.get("/v1/sandboxes/<sandbox_id>")
     async def get_sandbox(sandbox_id: str) -> Response:
         data = render(service.get(sandbox_id))
         # The Python SDK's get_info reads `metadata` from the envelope, not from
         # `data`; mirroring it there keeps that SDK working unmodified.
-        return _json({**success(data), "metadata": data["metadata"]})
+        return json_response({**success(data), "metadata": data["metadata"]})
 
     @app.delete("/v1/sandboxes/<sandbox_id>")
     async def delete_sandbox(sandbox_id: str) -> Response:
         rec = await service.delete(sandbox_id)
         data = {"sandbox_id": rec.id, "status": rec.state.value, "note": "container removed"}
-        return _json(success(data, "sandbox deleted"), 202)
+        return json_response(success(data, "sandbox deleted"), 202)
 
     @app.get("/v1/sandboxes/<sandbox_id>/status")
     async def sandbox_status(sandbox_id: str) -> Response:
-        return _json(success(schemas.status_json(service.get(sandbox_id))))
+        return json_response(success(schemas.status_json(service.get(sandbox_id))))
 
     @app.route("/v1/sandboxes/<sandbox_id>/timeout", methods=["POST", "PUT"])
     async def set_timeout(sandbox_id: str) -> Response:
-        seconds = schemas.parse_timeout(await body())
+        seconds = schemas.parse_timeout(await read_json_body())
         rec = await service.set_timeout(sandbox_id, seconds)
         now = time.time()
         data = {
@@ -202,25 +178,25 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
             "used_lifetime": int(now - (rec.started_at or now)),
             "remaining_time": max(0, int((rec.timeout_at or now) - now)),
         }
-        return _json(success(data, "timeout updated"))
+        return json_response(success(data, "timeout updated"))
 
     @app.post("/v1/sandboxes/<sandbox_id>/pause")
     async def pause(sandbox_id: str) -> Response:
-        schemas.parse_is_async(await body())
+        schemas.parse_is_async(await read_json_body())
         rec = await service.pause(sandbox_id)
-        return _json(success(render(rec), "sandbox paused"))
+        return json_response(success(render(rec), "sandbox paused"))
 
     @app.post("/v1/sandboxes/<sandbox_id>/resume")
     async def resume(sandbox_id: str) -> Response:
-        payload = await body()
+        payload = await read_json_body()
         schemas.parse_is_async(payload)
         rec = await service.resume(sandbox_id, schemas.parse_optional_timeout(payload))
-        return _json(success(render(rec), "sandbox resumed"))
+        return json_response(success(render(rec), "sandbox resumed"))
 
     @app.post("/v1/sandboxes/<sandbox_id>/connect")
     async def connect(sandbox_id: str) -> Response:
-        rec = await service.resume(sandbox_id, schemas.parse_optional_timeout(await body()))
-        return _json(success(render(rec), "sandbox connected"))
+        rec = await service.resume(sandbox_id, schemas.parse_optional_timeout(await read_json_body()))
+        return json_response(success(render(rec), "sandbox connected"))
 
     @app.get("/v1/sandboxes/<sandbox_id>/metrics")
     async def metrics(sandbox_id: str) -> Response:
@@ -243,7 +219,7 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
                     "disk_used": stats.disk_used,
                 }
             )
-        return _json(success({"sandbox_id": rec.id, "metrics": items}))
+        return json_response(success({"sandbox_id": rec.id, "metrics": items}))
 
     exec_routes.register(app, service=service, secret=settings.secret)
     terminal.register(app, service=service, store=store, secret=settings.secret)

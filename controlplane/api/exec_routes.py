@@ -30,6 +30,7 @@ from quart_trio import QuartTrio
 from controlplane.agentclient import AgentEndpoint, AgentError, open_download, server_stream, unary, upload
 from controlplane.api.envelope import success
 from controlplane.api.exec_schemas import ExecRequest, parse_exec, parse_selector, parse_signal
+from controlplane.api.wire import json_response, read_json_body
 from controlplane.errors import (
     ApiError,
     BadRequest,
@@ -60,10 +61,6 @@ def agent_error(exc: AgentError) -> ApiError:
     kind = _AGENT_CODES.get(exc.code, Unavailable)
     prefix = "" if kind is not Unavailable else "the sandbox's agent failed: "
     return kind(prefix + exc.message, code=f"agent_{exc.code}")
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status=status, content_type="application/json")
 
 
 class _Capture:
@@ -106,15 +103,6 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
             raise Conflict(f"sandbox {rec.id} is {rec.state.value}{hint}", code="sandbox_not_running")
         return AgentEndpoint(ip=rec.ip, token=mint_access_token(secret, rec.id))
 
-    async def exec_body() -> Any:
-        raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError):
-            raise BadRequest("request body is not valid JSON", code="invalid_json") from None
-
     async def events(ep: AgentEndpoint, req: ExecRequest) -> AsyncIterator[dict[str, Any]]:
         start: dict[str, Any] = {"process": req.process_config()}
         if req.tag:
@@ -133,7 +121,7 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
 
     @app.post("/v1/sandboxes/<sandbox_id>/exec")
     async def exec_command(sandbox_id: str) -> Response:
-        req = parse_exec(await exec_body())
+        req = parse_exec(await read_json_body())
         ep = endpoint(sandbox_id)
         started = time.monotonic()
         out, err = _Capture(), _Capture()
@@ -169,7 +157,7 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
         message = "command timed out and was killed" if timed_out else "command finished"
         if req.background:
             message = "command started in the background"
-        return _json(success(data, message))
+        return json_response(success(data, message))
 
     @app.route("/v1/sandboxes/<sandbox_id>/exec/stream", methods=["GET", "POST"])
     async def exec_stream(sandbox_id: str) -> Response:
@@ -181,7 +169,7 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
             if "timeout" in query:
                 body["timeout"] = int(query["timeout"]) if query["timeout"].isdigit() else query["timeout"]
         else:
-            body = await exec_body()
+            body = await read_json_body()
         req = parse_exec(body)
         ep = endpoint(sandbox_id)
 
@@ -229,7 +217,7 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
                 "args": config.get("args", []),
                 "cwd": config.get("cwd"),
             })  # fmt: skip
-        return _json(success({"processes": processes}))
+        return json_response(success({"processes": processes}))
 
     @app.delete("/v1/sandboxes/<sandbox_id>/exec")
     async def exec_cancel(sandbox_id: str) -> Response:
@@ -237,7 +225,7 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
         signal = parse_signal(request.args.get("signal"))
         ep = endpoint(sandbox_id)
         await unary(ep, f"{PROCESS}/SendSignal", {"process": selector, "signal": signal}, user="root")
-        return _json(success({"process": selector, "signal": signal.removeprefix("SIGNAL_")}, "signal sent"))
+        return json_response(success({"process": selector, "signal": signal.removeprefix("SIGNAL_")}, "signal sent"))
 
     def file_args() -> tuple[str, str]:
         path = request.args.get("path")
@@ -283,7 +271,7 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
                 yield chunk
 
         answer = await upload(ep, path, chunks(), user=user, filename=path.rsplit("/", 1)[-1])
-        return _json(success(answer, "file written"))
+        return json_response(success(answer, "file written"))
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:

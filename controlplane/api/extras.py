@@ -13,7 +13,6 @@ access modes and TCP/TLS protocols are the gateway issue's.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -22,16 +21,13 @@ from quart_trio import QuartTrio
 
 from controlplane.api.envelope import success
 from controlplane.api.schemas import iso, pagination_json, parse_page, port_field
+from controlplane.api.wire import json_response, read_json_body
 from controlplane.errors import BadRequest, NotFound
 from controlplane.lifecycle.service import SandboxService
 from controlplane.records import SandboxRecord
 from controlplane.templates import BUILTIN, Template, resolve
 
 MAX_TAIL = 10_000
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status=status, content_type="application/json")
 
 
 def _template_json(t: Template) -> dict[str, Any]:
@@ -52,35 +48,30 @@ def register(app: QuartTrio, *, service: SandboxService, domain: str, public_por
             "templates": everything[page.offset : page.offset + page.limit],
             "pagination": pagination_json(page, len(everything)),
         }
-        return _json(success(data))
+        return json_response(success(data))
 
     @app.get("/v1/templates/<template_id>")
     async def get_template(template_id: str) -> Response:
-        return _json(success(_template_json(resolve(template_id))))
+        return json_response(success(_template_json(resolve(template_id))))
 
     @app.get("/v1/sandboxes/<sandbox_id>/ports")
     async def list_ports(sandbox_id: str) -> Response:
         rec = service.get(sandbox_id)
-        return _json(success({"sandbox_id": rec.id, "ports": ports_json(rec)}))
+        return json_response(success({"sandbox_id": rec.id, "ports": ports_json(rec)}))
 
     @app.post("/v1/sandboxes/<sandbox_id>/ports")
     async def add_port(sandbox_id: str) -> Response:
-        raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        try:
-            body = json.loads(raw) if raw.strip() else None
-        except (ValueError, RecursionError):
-            raise BadRequest("request body is not valid JSON", code="invalid_json") from None
-        port = port_field(body, "port")
+        port = port_field(await read_json_body(), "port")
         rec = await service.add_port(sandbox_id, port)
         [added] = [p for p in ports_json(rec) if p["port"] == port["port"]]
-        return _json(success(added, "port declared"), 201)
+        return json_response(success(added, "port declared"), 201)
 
     @app.delete("/v1/sandboxes/<sandbox_id>/ports/<port>")
     async def remove_port(sandbox_id: str, port: str) -> Response:
         if not (port.isascii() and port.isdigit() and 0 < len(port) <= 5):
             raise NotFound(f"sandbox {sandbox_id} declares no port {port[:10]!r}", code="port_not_found")
         rec = await service.remove_port(sandbox_id, int(port))
-        return _json(success({"sandbox_id": rec.id, "ports": ports_json(rec)}, "port removed"))
+        return json_response(success({"sandbox_id": rec.id, "ports": ports_json(rec)}, "port removed"))
 
     @app.get("/v1/sandboxes/<sandbox_id>/logs")
     async def logs(sandbox_id: str) -> Response:
@@ -89,4 +80,4 @@ def register(app: QuartTrio, *, service: SandboxService, domain: str, public_por
             raise BadRequest(f"tail must be an integer from 1 to {MAX_TAIL}", code="invalid_query")
         text = (await service.logs(sandbox_id, int(raw_tail))).decode("utf-8", "replace")
         lines = text.splitlines()
-        return _json(success({"sandbox_id": sandbox_id, "lines": lines, "fetched_at": iso(time.time())}))
+        return json_response(success({"sandbox_id": sandbox_id, "lines": lines, "fetched_at": iso(time.time())}))

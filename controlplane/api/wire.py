@@ -1,0 +1,37 @@
+"""JSON in and out of the /v1 routes: one reader of request bodies, one writer of answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import Response, request
+
+from controlplane.errors import BadRequest
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status=status, content_type="application/json")
+
+
+async def read_json_body() -> Any:
+    """The request's JSON, or None when it has no body; BadRequest says what is wrong with it."""
+    raw: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    if not raw.strip():
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not UTF-8 (byte {exc.start})", code="invalid_json") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            code="invalid_json",
+        ) from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply", code="invalid_json") from None
+    except ValueError as exc:
+        # Not a JSONDecodeError: int() refusing a number of more than 4300 digits.
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
