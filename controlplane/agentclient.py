@@ -14,6 +14,7 @@ Errors::
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ import trio
 from agent.connect.envelope import FLAG_END_STREAM, HEADER, encode_envelope
 
 MAX_MESSAGE = 16 * 1024 * 1024
+PROCESS = "sandboxagent.Process"
 _CHUNK = 64 * 1024
 
 
@@ -246,3 +248,15 @@ async def upload(
     if response.status_code != 200:
         raise _error_from_body(response.status_code, body)
     return json.loads(body or b"null")
+
+
+async def kill_process(ep: AgentEndpoint, pid: int, *, user: str) -> None:
+    """SIGKILL a process in the sandbox, best effort.
+
+    Shielded, so it also runs while the caller is being cancelled (a client that
+    hung up); the inner deadline still bounds it. A process that ended meanwhile
+    is no error.
+    """
+    request = {"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}
+    with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(AgentError):
+        await unary(ep, f"{PROCESS}/SendSignal", request, user=user)

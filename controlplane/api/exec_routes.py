@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import codecs
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +26,16 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from controlplane.agentclient import AgentEndpoint, AgentError, open_download, server_stream, unary, upload
+from controlplane.agentclient import (
+    PROCESS,
+    AgentEndpoint,
+    AgentError,
+    kill_process,
+    open_download,
+    server_stream,
+    unary,
+    upload,
+)
 from controlplane.api.envelope import success
 from controlplane.api.exec_schemas import ExecRequest, parse_exec, parse_selector, parse_signal
 from controlplane.api.wire import json_response, read_json_body
@@ -45,7 +53,6 @@ from controlplane.tokens import mint_access_token
 
 # What one exec answer may carry of each stream; the rest is cut and flagged.
 MAX_CAPTURE = 4 * 1024 * 1024
-PROCESS = "sandboxagent.Process"
 
 _AGENT_CODES: dict[str, type[ApiError]] = {
     "not_found": NotFound,
@@ -112,13 +119,6 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
             if "keepalive" not in event:
                 yield event
 
-    async def kill(ep: AgentEndpoint, pid: int, user: str) -> None:
-        # Shielded, so it also runs when the request itself is being cancelled; the
-        # inner deadline still bounds it. A process that ended meanwhile is fine.
-        request_body = {"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}
-        with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(AgentError):
-            await unary(ep, f"{PROCESS}/SendSignal", request_body, user=user)
-
     @app.post("/v1/sandboxes/<sandbox_id>/exec")
     async def exec_command(sandbox_id: str) -> Response:
         req = parse_exec(await read_json_body())
@@ -141,7 +141,7 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
         await stream.aclose()  # type: ignore[attr-defined]
         timed_out = deadline.cancelled_caught
         if timed_out and pid is not None:
-            await kill(ep, pid, req.user)
+            await kill_process(ep, pid, user=req.user)
         data = {
             "pid": pid,
             "background": req.background,
@@ -198,7 +198,7 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
                 yield _sse("error", {"code": exc.code, "message": exc.message})
             finally:
                 if not finished and pid is not None:
-                    await kill(ep, pid, req.user)
+                    await kill_process(ep, pid, user=req.user)
 
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return Response(sse(), headers=headers)

@@ -29,14 +29,13 @@ from quart_trio import QuartTrio
 
 from appliance import log
 from controlplane import apikeys
-from controlplane.agentclient import AgentEndpoint, AgentError, server_stream, unary
+from controlplane.agentclient import PROCESS, AgentEndpoint, AgentError, kill_process, server_stream, unary
 from controlplane.errors import ApiError
 from controlplane.lifecycle.service import SandboxService
 from controlplane.lifecycle.states import State
 from controlplane.store import Store
 from controlplane.tokens import mint_access_token
 
-PROCESS = "sandboxagent.Process"
 _USER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -132,10 +131,7 @@ def register(app: QuartTrio, *, service: SandboxService, store: Store, secret: b
                 )
         finally:
             if pid is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(AgentError):
-                    await unary(
-                        ep, f"{PROCESS}/SendSignal", {"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}, user="root"
-                    )
+                await kill_process(ep, pid, user="root")
             log.event(
                 "api.terminal",
                 request_id=g.request_id,
