@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import glob
 import json
+import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -396,3 +400,24 @@ def end_of(body: bytes) -> Any:
     flags, payload = parse_envelopes(body)[-1]
     assert flags == 2
     return json.loads(payload)
+
+
+def python39() -> str:
+    """A real Python 3.9 to run the agent on: the oldest Python sandboxes may have.
+
+    The machine image ships pyenv's 3.9 (pyenv's shims may name one that is not
+    installed, hence the probe). Without it the 3.9 checks would prove nothing, so
+    its absence fails them rather than skipping them.
+    """
+    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))
+    candidates += [path for path in [shutil.which("python3.9")] if path]
+    for candidate in candidates:
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0 and probe.stdout.strip() == b"(3, 9)":
+            return candidate
+    raise AssertionError("no Python 3.9 found (expected under ~/.pyenv/versions)")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 
 from appliance.vendor import prepare_vendor_dir
+from tests.unit.agent_helpers import python39
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_DIR = REPO / "agent"
@@ -315,28 +314,12 @@ def test_directory_form(start_agent: Callable[..., Agent], tmp_path: Path) -> No
     assert agent.stop()[0] == 0
 
 
-def _python39() -> str | None:
-    """A real Python 3.9 (pyenv's shims may name one that is not installed)."""
-    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))
-    candidates += [path for path in [shutil.which("python3.9")] if path]
-    for candidate in candidates:
-        try:
-            probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True)
-        except OSError:
-            continue
-        if probe.stdout.strip() == b"(3, 9)":
-            return candidate
-    return None
-
-
 def test_directory_form_on_python39(start_agent: Callable[..., Agent], tmp_path: Path) -> None:
-    python39 = _python39()
-    # The machine image ships pyenv's 3.9; without it this check would prove nothing.
-    assert python39 is not None, "no python3.9 found (expected under ~/.pyenv/versions)"
+    interpreter = python39()
     # That interpreter has no h11: the agent must find it where the appliance mounts it.
     vendor = prepare_vendor_dir(tmp_path / "vendor")
     agent = start_agent(
-        argv=[python39, "-I", str(AGENT_DIR)],
+        argv=[interpreter, "-I", str(AGENT_DIR)],
         cwd=tmp_path,
         env={"SCALEBOX_START_CMD": "trap '' TERM; sleep 60", "SCALEBOX_AGENT_VENDOR": str(vendor)},
     )

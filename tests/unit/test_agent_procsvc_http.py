@@ -8,7 +8,6 @@ with h11 vendored the way the appliance mounts it.
 from __future__ import annotations
 
 import asyncio
-import glob
 import http.client
 import os
 import shutil
@@ -31,9 +30,10 @@ from scalebox.sandbox_async.commands.command import Commands as AsyncCommands
 from scalebox.sandbox_async.commands.pty import Pty as AsyncPty
 from scalebox.sandbox_sync.commands.command import Commands
 
+from tests.unit.agent_helpers import python39
+
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "procsvc-test-token"
-PYTHON39 = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))
 HEADERS = {"Authorization": "Bearer root", "X-Access-Token": TOKEN}  # what the SDK sends
 
 
@@ -76,9 +76,7 @@ def agent(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     if request.param == "venv":
         python = sys.executable
     else:
-        if not PYTHON39:
-            pytest.skip("no Python 3.9 here")
-        python = PYTHON39[-1]
+        python = python39()
         vendor = work / "vendor"
         shutil.copytree(Path(h11.__file__).parent, vendor / "h11")
         env["SCALEBOX_AGENT_VENDOR"] = str(vendor)

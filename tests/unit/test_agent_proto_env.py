@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ast
-import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,8 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 from scalebox.generated import api_pb2
+
+from tests.unit.agent_helpers import python39
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted((ROOT / "agent" / "proto").glob("*.py"))
@@ -65,27 +65,6 @@ def test_import_loads_only_the_standard_library() -> None:
     assert not HEAVY & set(loaded)
 
 
-def _python39() -> str | None:
-    candidates = [
-        shutil.which("python3.9"),
-        *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9"))),
-    ]
-    for candidate in candidates:
-        if not candidate:
-            continue
-        try:
-            out = subprocess.run(
-                [candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, timeout=30
-            )
-        except OSError:
-            continue
-        if out.returncode == 0 and out.stdout.strip() == "(3, 9)":
-            return candidate
-    return None
-
-
-PY39 = _python39()
-
 # Decodes hex-encoded messages from stdin with agent.proto, prints their JSON
 # and re-encodings: run under a real 3.9 and compared with the official classes.
 _ROUND_TRIP = """
@@ -103,8 +82,7 @@ print(json.dumps(out))
 
 
 def test_real_python39_imports_only_the_standard_library() -> None:
-    assert PY39 is not None, "the machine image ships pyenv's Python 3.9; without it this proves nothing"
-    loaded = ast.literal_eval(_run(PY39, _NEW_MODULES))
+    loaded = ast.literal_eval(_run(python39(), _NEW_MODULES))
     for name in loaded:
         top = name.split(".")[0]
         assert top == "agent" or top in sys.stdlib_module_names, name
@@ -112,7 +90,6 @@ def test_real_python39_imports_only_the_standard_library() -> None:
 
 
 def test_real_python39_round_trips_official_messages() -> None:
-    assert PY39 is not None, "the machine image ships pyenv's Python 3.9; without it this proves nothing"
     samples = [
         api_pb2.StartRequest(
             process=api_pb2.ProcessConfig(cmd="/bin/bash", args=["-l", "-c", "ls"], envs={"A": "1"}, cwd="/tmp"),
@@ -136,7 +113,7 @@ def test_real_python39_round_trips_official_messages() -> None:
         ),
     ]
     request = json.dumps([[type(m).__name__, m.SerializeToString().hex()] for m in samples])
-    replies = json.loads(_run(PY39, _ROUND_TRIP, stdin=request))
+    replies = json.loads(_run(python39(), _ROUND_TRIP, stdin=request))
     for message, (as_json, encoded) in zip(samples, replies, strict=True):
         assert as_json == json_format.MessageToDict(message)
         assert type(message).FromString(bytes.fromhex(encoded)) == message
