@@ -2,7 +2,8 @@
 
 The HTTP routes are /health, then whatever the services add: the file
 service (agent.fs) its RPCs and /download/, /upload; the process service
-(agent.process) its RPCs. A service whose package cannot be imported is
+(agent.process) its RPCs; the code interpreter
+(agent.interpreter) ExecutionService and ContextService. A service whose package cannot be imported is
 logged and left out, so the agent still boots and answers /health.
 
 Shutdown: SIGTERM or SIGINT (forwarded to the start command's group like the
@@ -115,6 +116,12 @@ def _install_services(registry: Registry, routes: Routes, reaper: Reaper) -> Non
         log.event("service_unavailable", service="process", error=repr(exc))
     else:
         process.install(registry, reaper)
+    try:
+        from agent import interpreter
+    except ImportError as exc:
+        log.event("service_unavailable", service="interpreter", error=repr(exc))
+    else:
+        interpreter.install(registry, reaper)
     log.event("services", procedures=registry.procedures)
 
 

@@ -108,16 +108,16 @@ def spawn(request: Request, user: User, agent_environ: Mapping[str, str]) -> Spa
     if not asked and not os.path.isdir(cwd):
         cwd = "/"  # a user without a home (nobody: /nonexistent) still gets a shell
     check_cwd(cwd, user)
-    identity = _identity(user)
+    ids = identity(user)
     environ = build_environ(agent_environ, user, request.envs)
     argv = [request.cmd, *request.args]
     if request.pty_size is not None:
         environ.setdefault("TERM", "xterm-256color")  # the SDKs send it; other clients get a usable default
-        return _spawn_pty(argv, cwd, environ, identity, request.pty_size, owner=user.uid)
+        return _spawn_pty(argv, cwd, environ, ids, request.pty_size, owner=user.uid)
     return _spawn_pipes(argv, cwd, environ, identity)
 
 
-def _identity(user: User) -> dict[str, object]:
+def identity(user: User) -> dict[str, object]:
     """Popen's user/group/extra_groups, or nothing when the agent already is that user."""
     if os.geteuid() == 0:
         return {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
