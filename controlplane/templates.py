@@ -22,6 +22,10 @@ class Template:
 
 BUILTIN: dict[str, Template] = {
     "base": Template(id="base", image="localhost/scalebox/base:latest"),
+    # Python with numpy, pandas and matplotlib, bash and Node.js: the languages
+    # the agent's ExecutionService runs. The official SDKs' code interpreter
+    # (`from scalebox import Sandbox`) creates sandboxes from this template.
+    "code-interpreter": Template(id="code-interpreter", image="localhost/scalebox/code-interpreter:latest"),
 }
 
 

@@ -22,10 +22,12 @@ fi
 # aardvark-dns + iptables are the bridge network stack Podman 4.3 uses (listed
 # because recommends are not installed). debootstrap + keyring + gpgv build the
 # base image without a registry. libnss-myhostname resolves *.localhost.
+# nodejs: the unit tests run the code interpreter's JavaScript kernel on the host.
 packages=(
     podman runc conmon netavark aardvark-dns iptables catatonit uidmap slirp4netns
     debootstrap debian-archive-keyring gpgv ca-certificates
     libnss-myhostname nftables iproute2 python3-venv
+    nodejs
 )
 missing=()
 for pkg in "${packages[@]}"; do
@@ -80,3 +82,5 @@ fi
 
 # --- template images -----------------------------------------------------------
 bash "$repo/podman/templates/base/build.sh"
+# Built on the base image; a few minutes the first time (Debian's Python data stack).
+bash "$repo/podman/templates/code-interpreter/build.sh"

@@ -31,7 +31,10 @@ Kernel protocol (every kernel speaks it):
   ``{"event": "result", "data": {MIME: text}, "main": bool}`` (``main`` for the
   value of the last expression; display()-style outputs and figures are not
   main; every value is text: images base64, application/json JSON text), and
-  at most one ``{"event": "error", "name": ..., "value": ..., "traceback": ...}``;
+  ``{"event": "stdout" | "stderr", "text": ...}`` (output the kernel captures
+  itself, e.g. Python's sys.stdout: it keeps its exact place among the
+  results, which output through the pipes only approximately can), and at
+  most one ``{"event": "error", "name": ..., "value": ..., "traceback": ...}``;
   then exactly one ``{"event": "done"}``. Before writing any event the kernel
   flushes its stdout and stderr, so output written before an event is in the
   pipes when the event arrives (the agent drains them first: order is kept).

@@ -12,7 +12,7 @@ INTERRUPT_GRACE: the run ends as an exit, and the context starts a fresh
 kernel on its next execution.
 
 Backpressure: while a run's queue holds more than QUEUE_LIMIT bytes of
-output, stdout and stderr are not read, so the code blocks on its own
+output, the kernel's pipes are not read, so the code blocks on its own
 writes instead of the agent buffering without bound.
 """
 
@@ -34,6 +34,7 @@ from agent.interpreter.kernelwire import (
     ErrorEvent,
     EventReader,
     KernelProtocolError,
+    Output,
     Ready,
     ResultEvent,
     encode_request,
@@ -48,11 +49,6 @@ QUEUE_LIMIT = 1024 * 1024
 START_TIMEOUT = 30.0
 INTERRUPT_RESEND = 1.0
 INTERRUPT_GRACE = 3.0
-
-
-class Output(NamedTuple):
-    stream: str  # "stdout" or "stderr"
-    text: str
 
 
 class Exited(NamedTuple):
@@ -243,6 +239,8 @@ class Kernel:
             self._output_paused = False
             for fd in self._outputs:
                 self._loop.add_reader(fd, self._read_output, fd)
+            if self._events_fd >= 0:
+                self._loop.add_reader(self._events_fd, self._read_events)
 
     # --- reading -----------------------------------------------------------------
 
@@ -257,11 +255,17 @@ class Kernel:
             self._loop.remove_reader(fd)
             return
         self._deliver_output(fd, data)
+        self._pause_if_behind()
+
+    def _pause_if_behind(self) -> None:
         run = self._run
         if run is not None and run.queued_bytes >= QUEUE_LIMIT and not self._output_paused:
             self._output_paused = True
-            for out_fd in self._outputs:
-                self._loop.remove_reader(out_fd)
+            for fd in self._reading_fds():
+                self._loop.remove_reader(fd)
+
+    def _reading_fds(self) -> list[int]:
+        return [*self._outputs, self._events_fd] if self._events_fd >= 0 else list(self._outputs)
 
     def _deliver_output(self, fd: int, data: bytes) -> None:
         stream = self._outputs[fd]
@@ -304,6 +308,7 @@ class Kernel:
         for event in events:
             self._drain_output()
             self._handle(event)
+        self._pause_if_behind()
 
     def _handle(self, event: object) -> None:
         if isinstance(event, Ready):
@@ -315,7 +320,7 @@ class Kernel:
             return  # an event outside a run: a kernel bug, harmless
         if isinstance(event, Done):
             self._finish(run, event)
-        elif isinstance(event, (ResultEvent, ErrorEvent)):
+        elif isinstance(event, (ResultEvent, ErrorEvent, Output)):
             run.push(event)
 
     def _finish(self, run: Run, last: Done | Exited) -> None:

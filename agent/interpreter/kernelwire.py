@@ -33,7 +33,14 @@ class Done(NamedTuple):
     pass
 
 
-Event = Union[Ready, ResultEvent, ErrorEvent, Done]
+class Output(NamedTuple):
+    """Output, from the kernel's stdout or stderr pipe or sent as an event."""
+
+    stream: str  # "stdout" or "stderr"
+    text: str
+
+
+Event = Union[Ready, ResultEvent, ErrorEvent, Done, Output]
 
 
 class KernelProtocolError(Exception):
@@ -62,6 +69,8 @@ def parse_event(line: bytes) -> Event:
         if not isinstance(data, dict):
             raise KernelProtocolError("a result without a data object")
         return ResultEvent({str(k): v for k, v in data.items() if isinstance(v, str)}, bool(obj.get("main")))
+    if kind in ("stdout", "stderr"):
+        return Output(kind, _text(obj, "text"))
     if kind == "error":
         return ErrorEvent(_text(obj, "name") or "Error", _text(obj, "value"), _text(obj, "traceback"))
     raise KernelProtocolError(f"unknown event {str(kind)[:40]!r}")

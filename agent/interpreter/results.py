@@ -11,6 +11,20 @@ from collections.abc import Mapping
 
 from agent.proto import Error, ExecuteResponse, Output, Result, Timestamp
 
+# The official Python SDK (1.0.10) builds its Result with a parameter named
+# `json` that shadows the json module: a result whose `json` or `data` field is
+# set makes it raise ("'str' object has no attribute 'loads'"). Its clients
+# (urllib3 for the sync SDK, aiohttp for the async one) get those renderings in
+# `extra` under their MIME type instead, which it keeps as they are.
+JSON_FIELDS = frozenset({"json", "data"})
+
+
+def json_fields_break(user_agent: str | None) -> bool:
+    """Whether the client is one that cannot take the `json` and `data` fields."""
+    agent = user_agent or ""
+    return agent.startswith("python-urllib3/") or "aiohttp/" in agent
+
+
 FIELD_FOR_MIME = {
     "text/plain": "text",
     "text/html": "html",
@@ -27,13 +41,19 @@ FIELD_FOR_MIME = {
 
 
 def result_message(
-    data: Mapping[str, str], *, main: bool, execution_count: int, started_ns: int, finished_ns: int
+    data: Mapping[str, str],
+    *,
+    main: bool,
+    execution_count: int,
+    started_ns: int,
+    finished_ns: int,
+    json_in_extra: bool = False,
 ) -> ExecuteResponse:
     fields: dict[str, object] = {}
     extra: dict[str, str] = {}
     for mime, value in data.items():
         field = FIELD_FOR_MIME.get(mime)
-        if field is None:
+        if field is None or (json_in_extra and field in JSON_FIELDS):
             extra[mime] = value
         else:
             fields[field] = value

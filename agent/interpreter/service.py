@@ -25,10 +25,10 @@ from agent.connect.context import RpcContext, parse_timeout
 from agent.connect.errors import ConnectError
 from agent.init import Reaper
 from agent.interpreter.contexts import Context, ContextTable, TooManyContexts, UnknownContext
-from agent.interpreter.kernel import Exited, KernelGone, KernelStartError, Output
-from agent.interpreter.kernelwire import Done, ErrorEvent, ResultEvent
+from agent.interpreter.kernel import Exited, KernelGone, KernelStartError
+from agent.interpreter.kernelwire import Done, ErrorEvent, Output, ResultEvent
 from agent.interpreter.languages import Language, UnknownLanguage, resolve
-from agent.interpreter.results import error_message, output_message, result_message
+from agent.interpreter.results import error_message, json_fields_break, output_message, result_message
 from agent.process.spawn import SpawnError, check_cwd, resolve_cwd
 from agent.proto import (
     Context as ContextMessage,
@@ -90,6 +90,7 @@ class InterpreterService:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         context = self._context_for(request, ctx)
+        json_in_extra = json_fields_break(ctx.headers.get("user-agent"))
         try:
             run, count = await _within(deadline, context.start_run(request.code, env))
         except _DeadlinePassed:
@@ -115,6 +116,7 @@ class InterpreterService:
                         execution_count=count,
                         started_ns=run.started_ns,
                         finished_ns=time.time_ns(),
+                        json_in_extra=json_in_extra,
                     )
                 elif isinstance(event, ErrorEvent):
                     yield error_message(event.name, event.value, event.traceback)

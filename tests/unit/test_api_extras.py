@@ -8,7 +8,7 @@ from tests.unit.test_api import Api, api  # noqa: F401 - the fixture
 async def test_templates_catalogue(api: Api) -> None:  # noqa: F811
     status, payload = await api.call("GET", "/v1/templates")
     assert status == 200
-    assert [t["template_id"] for t in payload["data"]["templates"]] == ["base"]
+    assert [t["template_id"] for t in payload["data"]["templates"]] == ["base", "code-interpreter"]
     assert payload["data"]["pagination"]["total"] == 1
     status, payload = await api.call("GET", "/v1/templates/base")
     assert status == 200 and payload["data"]["image"] == "localhost/scalebox/base:latest"

@@ -16,6 +16,7 @@ import ast
 import asyncio
 import base64
 import builtins
+import codecs
 import contextlib
 import inspect
 import io
@@ -64,12 +65,13 @@ class Channel:
         line, self._pending = self._pending.split(b"\n", 1)
         return json.loads(line)
 
-    def send(self, event: dict) -> None:
-        # Output written so far must reach its pipe before the event: the agent
-        # drains stdout and stderr when an event arrives, which keeps the order.
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+    def send(self, event: dict, *, flush: bool = True) -> None:
+        # Output written so far goes before the event: sys.stdout's as events of
+        # its own, a child's to the pipes the agent drains when an event arrives.
+        if flush:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
         data = (json.dumps(event) + "\n").encode()
         # An interrupt must not cut an event in half: it is held until the line is out.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -78,6 +80,42 @@ class Channel:
                 data = data[os.write(self._out_fd, data) :]
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+class EventOutput(io.RawIOBase):
+    """sys.stdout / sys.stderr underneath: what the code prints goes out as events, in order with its results.
+
+    ``fileno()`` is still the real fd 1 or 2 (a pipe the agent reads), for code
+    that hands it to a child process.
+    """
+
+    def __init__(self, channel: Channel, name: str, fd: int) -> None:
+        super().__init__()
+        self._channel = channel
+        self._name = name
+        self._fd = fd
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        text = self._decoder.decode(bytes(data))
+        if text:
+            self._channel.send({"event": self._name, "text": text}, flush=False)
+        return len(data)
+
+
+def event_stream(channel: Channel, name: str, fd: int) -> io.TextIOWrapper:
+    raw = EventOutput(channel, name, fd)
+    # Line-buffered: print's text and its newline go out as one event.
+    return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", errors="backslashreplace", line_buffering=True)
 
 
 class Kernel:
@@ -299,14 +337,11 @@ def main() -> int:
     if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(KERNEL_FILE):
         sys.path[0] = ""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle: an interrupt has nothing to stop
-    # Output goes out a line at a time (print's text and its newline in one chunk,
-    # not two as unbuffered), and whatever is left when an event is sent.
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     # plt.show() on the Agg backend warns that it cannot show; figures are sent instead.
     warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
     channel = Channel(in_fd, out_fd)
+    sys.stdout = sys.__stdout__ = event_stream(channel, "stdout", 1)
+    sys.stderr = sys.__stderr__ = event_stream(channel, "stderr", 2)
     kernel = Kernel(channel)
     sys.argv = [""]
     channel.send({"event": "ready"})

@@ -25,11 +25,9 @@ base="${SCALEBOX_BASE_IMAGE:-localhost/scalebox/base:latest}"
 image="${SCALEBOX_CI_IMAGE:-localhost/scalebox/code-interpreter:latest}"
 recipe="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
 # fonts-dejavu-core: matplotlib's default font; without it every plot warns.
-# Installed in two steps: matplotlib's python3-fonttools depends on "scipy |
-# sympy", and apt takes the first alternative unless the second is already
-# installed. scipy would bring pythran and with it a C++ toolchain and boost
-# (the image grew from about 0.6 to 1.3 GB), so sympy goes in first.
-first=(python3-sympy)
+# Debian's dependencies of these also bring scipy, sympy and (through
+# pythran) a C++ toolchain and boost: the image is about 1.3 GB. Naming sympy
+# first to satisfy fonttools' "scipy | sympy" did not keep scipy out.
 packages=(python3-numpy python3-pandas python3-matplotlib fonts-dejavu-core bash nodejs)
 
 log() { printf 'build code-interpreter: %s\n' "$*" >&2; }
@@ -77,11 +75,10 @@ container=""
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 mount -t proc proc "$root/proc"
 
-log "installing ${first[*]} ${packages[*]} (two or three minutes)"
+log "installing ${packages[*]} (two or three minutes)"
 export DEBIAN_FRONTEND=noninteractive
 {
     chroot "$root" /usr/bin/apt-get update -q &&
-        chroot "$root" /usr/bin/apt-get install -y -q --no-install-recommends "${first[@]}" &&
         chroot "$root" /usr/bin/apt-get install -y -q --no-install-recommends "${packages[@]}"
 } >"$work/apt.log" 2>&1 || {
     tail -n 30 "$work/apt.log" >&2
