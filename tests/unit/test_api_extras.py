@@ -9,7 +9,7 @@ async def test_templates_catalogue(api: Api) -> None:  # noqa: F811
     status, payload = await api.call("GET", "/v1/templates")
     assert status == 200
     assert [t["template_id"] for t in payload["data"]["templates"]] == ["base", "code-interpreter"]
-    assert payload["data"]["pagination"]["total"] == 1
+    assert payload["data"]["pagination"]["total"] == 2
     status, payload = await api.call("GET", "/v1/templates/base")
     assert status == 200 and payload["data"]["image"] == "localhost/scalebox/base:latest"
     status, payload = await api.call("GET", "/v1/templates/nope")

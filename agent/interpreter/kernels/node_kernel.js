@@ -20,20 +20,28 @@
 //     this module's scope.
 //   - The completion value is the main result (util.inspect), as in the REPL;
 //     code that is an object literal `{...}` is evaluated as one.
-//   - Top-level `await`: code that does not compile as a script and uses
-//     `await` runs in an async function; declarations at the start of a line
-//     are hoisted out of it so they persist, and the last statement's value
-//     is returned if it is an expression (a line-based approximation of the
-//     REPL's rewriting, which needs a parser Node does not export).
+//   - Top-level `await`: code that uses `await` and does not compile as a
+//     script (or compiles only with `await` taken as a variable) runs in an
+//     async function; declarations at the start of a line are hoisted out of
+//     it or copied to globals so they persist, and the last statement's value
+//     is returned if it is an expression: a line-based approximation of the
+//     REPL's rewriting, which needs a parser (acorn) that Node does not export.
 //   - Output: process.stdout/stderr (so console.*) are replaced by streams
 //     that write synchronously to fds 1 and 2, so everything printed before
 //     an event is in the pipes before the event is written.
 //   - Interrupt (SIGINT): synchronous code runs with breakOnSigint, so a busy
-//     loop is stopped; an execution awaiting a promise is abandoned (the
-//     promise keeps running) from the process 'SIGINT' listener, which also
-//     makes SIGINT while idle harmless. Both are reported as KeyboardInterrupt.
-//     A busy loop in a callback (a timer, after an `await`) cannot be stopped:
-//     the agent kills the kernel.
+//     loop is stopped (V8 terminates it, wherever it is: the built-in modules
+//     likely to be used are loaded first, as one stopped while first loading
+//     stays broken); an execution awaiting a promise is abandoned (the promise
+//     keeps running) from the process 'SIGINT' listener, which also makes
+//     SIGINT while idle harmless. Both are reported as KeyboardInterrupt.
+//     Limits: a busy loop in a callback (a timer, after an `await`) cannot be
+//     stopped, nor a child process started after the signal (execSync):
+//     the agent kills the kernel. And in the ~0.1 ms in which
+//     runInThisContext starts or stops watching SIGINT, an interrupt may be
+//     lost, or end the kernel (Node leaves SIGINT to its default action for a
+//     moment): harmless for code that is done by then, otherwise the agent
+//     kills the kernel.
 //   - Errors thrown or rejected outside an execution (timers, unhandled
 //     rejections) are printed on stderr; they do not end the kernel.
 
@@ -134,7 +142,8 @@ for (const name of [
 // The REPL's globals.
 globalThis.require = createRequire(path.join(process.cwd(), '<repl>'));
 for (const name of builtinModules) {
-  if (name.startsWith('_') || name.includes('/') || name in globalThis) continue;
+  // `module` would mislead UMD code (`typeof module === 'object'`).
+  if (name.startsWith('_') || name.includes('/') || name === 'module' || name in globalThis) continue;
   Object.defineProperty(globalThis, name, {
     configurable: true,
     enumerable: false,
@@ -326,8 +335,18 @@ function traceback(error) {
   return (cut < 0 ? lines : lines.slice(0, cut)).join('\n');
 }
 
+// A child process of execSync & co. killed by SIGINT: the signal was for us
+// too, but runInThisContext may have returned before its SIGINT watchdog
+// thread saw it, and then does not report it.
+function interrupted(error) {
+  return (
+    error instanceof Interrupted ||
+    (error instanceof Object && (error.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED' || error.signal === 'SIGINT'))
+  );
+}
+
 function errorEvent(error) {
-  if (error instanceof Interrupted || (error && error.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED')) {
+  if (interrupted(error)) {
     return { event: 'error', name: 'KeyboardInterrupt', value: 'interrupted', traceback: '' };
   }
   if (isNativeError(error) || (error instanceof Object && typeof error.stack === 'string')) {
