@@ -402,15 +402,15 @@ class HttpSession:
             raise _UpstreamFailed(502, "bad_gateway", message) from None
 
     async def _relay(self, up: UpstreamConnection, fwd: Forward, upgrade: bool, has_body: bool) -> tuple[int, bool]:
-        if not has_body:
-            # Nothing to stream: take the EndOfMessage now, so the client's state is
-            # settled before any response (a 101 needs it) comes back.
+        if upgrade:
+            # Take the EndOfMessage now, so the client's state is settled before the
+            # 101 comes back; after it, the tunnel watches both sides.
             await self._pump_request_body(up)
             status, switched = await self._pump_response(up, fwd, upgrade)
         else:
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump_request_body, up)
+                    nursery.start_soon(self._pump_request_body_then_watch, up)
                     status, switched = await self._pump_response(up, fwd, upgrade)
                     # An upstream may answer before the body ends (an early 413, say).
                     nursery.cancel_scope.cancel()
@@ -427,6 +427,25 @@ class HttpSession:
             return status, False
         await self.pool.release(up)
         return status, not self.drain.draining
+
+    async def _pump_request_body_then_watch(self, up: UpstreamConnection) -> None:
+        """The request body, then: notice a client that leaves before its response ends.
+
+        A long answer that is quiet (a code execution, a long poll) would otherwise
+        keep the upstream working for nobody until its next byte failed to go out.
+        Leaving cancels the response and closes the upstream connection, which is
+        how the upstream learns of it.
+        """
+        await self._pump_request_body(up)
+        if self.conn.their_state is not h11.DONE:
+            return
+        try:
+            data = await self.stream.receive_some(CHUNK)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            data = b""
+        if not data:
+            raise _ClientGone("client closed before its response ended")
+        self.conn.receive_data(bytes(data))  # a pipelined request: kept for the next cycle
 
     async def _pump_request_body(self, up: UpstreamConnection) -> None:
         while self.conn.their_state is h11.SEND_BODY:

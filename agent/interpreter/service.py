@@ -21,6 +21,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
+from agent import users
+from agent.auth import DEFAULT_USER
 from agent.connect.context import RpcContext, parse_timeout
 from agent.connect.errors import ConnectError
 from agent.init import Reaper
@@ -130,7 +132,7 @@ class InterpreterService:
     # --- helpers ---------------------------------------------------------------------
 
     def _new_context(self, language: Language, user: User, cwd: str) -> Context:
-        path, asked = resolve_cwd(cwd, user.home)
+        path, asked = resolve_cwd(cwd, _default_cwd(user))
         if not asked and not os.path.isdir(path):
             path = "/"  # a user without a home still gets a context
         try:
@@ -220,6 +222,18 @@ def _exited(context: Context, event: Exited) -> ExecuteResponse:
             "the context starts a fresh one on its next execution, without the previous state"
         )
     return error_message("InterpreterExited", value, "")
+
+
+def _default_cwd(user: User) -> str:
+    """The sandbox user's home (/home/user), whoever runs the context, as the SDKs document.
+
+    The official SDKs send ``Authorization: Bearer root`` on these calls, so
+    contexts run as root; their files still land where the user's do.
+    """
+    try:
+        return users.lookup(DEFAULT_USER).home
+    except users.UnknownUser:
+        return user.home
 
 
 def _language(name: str) -> Language:

@@ -581,6 +581,32 @@ async def test_response_body_streams_to_client_before_upstream_finishes() -> Non
             await client.stream.aclose()
 
 
+async def test_a_client_leaving_mid_response_closes_the_upstream_connection() -> None:
+    upstream_saw_close = trio.Event()
+
+    async def handler(up: Upstream, stream: trio.SocketStream) -> None:
+        peer = Peer(stream, h11.SERVER)
+        assert await peer.read_request() is not None
+        await peer.send(h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")]))
+        await peer.send(h11.Data(data=b"working..."))
+        # A quiet upstream (a long computation): it learns the client left only
+        # because the gateway closes this connection.
+        if await stream.receive_some(1024) == b"":
+            upstream_saw_close.set()
+
+    # The upstream idle timeout is far beyond the deadline: only the client's leaving closes it.
+    limits = quick_limits(upstream_idle_timeout=60.0)
+    with trio.fail_after(DEADLINE):
+        async with upstream(handler) as a, running_gateway({"alpha.test": forward_to(a)}, limits=limits) as gw:
+            client = await gw.client()
+            await client.send(get("/slow"), h11.EndOfMessage())
+            response = await client.next_event()
+            assert isinstance(response, h11.Response) and response.status_code == 200
+            await client.next_event()
+            await client.stream.aclose()
+            await upstream_saw_close.wait()
+
+
 async def test_twenty_megabytes_pass_byte_exact_both_ways() -> None:
     size = 20 * 1024 * 1024
     payload = random.Random(20).randbytes(size)
