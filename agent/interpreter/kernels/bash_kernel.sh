@@ -42,12 +42,21 @@
 # is done (from a RETURN trap, so `source` returning non-zero cannot trip the
 # user's errexit), and __sbk_pre, on the cell's first line, restores them.
 #
-# Quirks: `exit` (and errexit) in the code ends the kernel, as in a terminal;
-# a `break`/`continue` at the top level of the code would act on the loop
-# below, so the loop is nested and an execution left that way is finished at
-# the next turn; the code's own traps on INT/DEBUG/RETURN are replaced at the
-# next execution. Kernel names start with __sbk_.
+# Quirks: `exit` in the code ends the kernel, as in a terminal, and so do a
+# failing command under the user's `set -e` or an unset variable under
+# `set -u` (the options persist). A `break`/`continue` at the top level of
+# the code would act on the loop below: the loop is nested, and an execution
+# left that way is finished at the next turn. The code's own traps on
+# INT/DEBUG/RETURN are replaced at the next execution; an EXIT trap of its own
+# replaces the one that removes the private directory (left then, as after a
+# SIGKILL, until the next kernel starts). bash names the cell file in its
+# messages ("/tmp/bash-kernel.PID.XXXXXX/cell: line 2: foo: command not
+# found"). The decoder costs ~15 ms per execution, and bash reads the request
+# line a byte at a time (~0.5 s a MB).
+# Kernel names start with __sbk_.
 
+# Until the INT trap is set, below.
+trap '' INT
 if ! [[ ${SCALEBOX_KERNEL_IN-} =~ ^[0-9]+$ && ${SCALEBOX_KERNEL_OUT-} =~ ^[0-9]+$ ]]; then
     printf 'bash_kernel: SCALEBOX_KERNEL_IN and SCALEBOX_KERNEL_OUT must be fd numbers\n' >&2
     exit 2
@@ -65,7 +74,15 @@ if [[ ! -x $__sbk_python ]]; then
     printf 'bash_kernel: python3 is needed to decode requests\n' >&2
     exit 2
 fi
-__sbk_dir=$(mktemp -d "${TMPDIR:-/tmp}/bash-kernel.XXXXXX") || exit 2
+# A kernel killed with SIGKILL (as the agent does with one that ignores an
+# interrupt) leaves its directory: remove those of kernels that are gone. The
+# name holds the kernel's pid.
+for __sbk_dir in "${TMPDIR:-/tmp}"/bash-kernel.*; do
+    if [[ $__sbk_dir =~ /bash-kernel\.([0-9]+)\.[^/]*$ ]] && ! kill -0 "${BASH_REMATCH[1]}" 2>/dev/null; then
+        rm -rf -- "$__sbk_dir" 2>/dev/null
+    fi
+done
+__sbk_dir=$(mktemp -d "${TMPDIR:-/tmp}/bash-kernel.$$.XXXXXX") || exit 2
 trap 'rm -rf -- "$__sbk_dir"' EXIT
 # $0 as in `bash -c`, rather than this file's path.
 BASH_ARGV0=bash
@@ -77,12 +94,40 @@ shopt -s expand_aliases
 # line so line numbers in bash's messages are the code's) and, on stdout,
 # NUL-terminated fields: "ok" then NAME, value pairs, or one error event.
 # -I -S: no PYTHON* variables, site or user packages of the code's
-# environment can change or slow the decoder.
+# environment can change or slow the decoder. It uses json's C scanner alone:
+# importing json (which imports re) would double its ~15 ms.
 # shellcheck disable=SC2016
 __sbk_decoder='
-import json, re, sys
+import sys
 
-NAME = re.compile(r"(?!__sbk_)[A-Za-z_][A-Za-z0-9_]*\Z")
+try:
+    from _json import make_scanner
+except ImportError:
+    make_scanner = None
+
+
+class Options:  # what json.JSONDecoder gives its scanner
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int, parse_constant = float, int, float
+    memo = {}
+
+
+def decode(line):
+    if make_scanner is None:
+        import json
+        return json.loads(line)
+    try:
+        value, end = make_scanner(Options())(line, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if end != len(line):
+        raise ValueError("extra data after the JSON object")
+    return value
+
+
+def exportable(name):
+    return name.isascii() and name.replace("_", "a").isalnum() and not name[0].isdigit() and not name.startswith("__sbk_")
 
 
 def text(value):
@@ -91,15 +136,16 @@ def text(value):
 
 
 try:
-    request = json.loads(sys.stdin.buffer.read())
+    request = decode(sys.stdin.buffer.read().decode("utf-8").strip())
     code, env = request.get("code", ""), request.get("env") or {}
     if not isinstance(code, str) or not isinstance(env, dict):
         raise ValueError("code must be a string and env an object")
     with open(sys.argv[1] + "/cell", "wb") as cell:
         cell.write(b"__sbk_pre;" + text(code) + b"\n")
     # A name bash cannot export is left out.
-    fields = ["ok"] + [s for k, v in env.items() if NAME.match(k) and isinstance(v, str) for s in (k, v)]
+    fields = ["ok"] + [s for k, v in env.items() if exportable(k) and isinstance(v, str) for s in (k, v)]
 except Exception as error:
+    import json
     event = {"event": "error", "name": "Error", "value": "bad request: %s" % (error,), "traceback": ""}
     fields = [json.dumps(event)]
 sys.stdout.buffer.write(b"".join(text(field) + b"\0" for field in fields))
@@ -235,6 +281,7 @@ __sbk_finish() {
     __sbk_busy=0
 }
 
+trap '{ __sbk_on_int; } 2>/dev/null' INT
 __sbk_emit '{"event":"ready"}'
 
 # Three nested loops: a `break` or `continue` (up to `break 3`) at the top

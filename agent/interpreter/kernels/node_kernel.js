@@ -204,8 +204,6 @@ function tryCompile(source, filename) {
 const STATEMENT_KEYWORD =
   /^(?:if|for|while|do|try|switch|return|throw|const|let|var|class|function|async\s+function|import|export|break|continue|else|catch|finally|debugger|with)\b/;
 
-// Code with top-level `await`, as an async function run by a script: see the
-// header. Returns the script, or null when even that does not compile.
 // The names a flat destructuring pattern's text (`a, b: c, ...d`) declares,
 // or null.
 function patternNames(pattern) {
@@ -219,6 +217,8 @@ function patternNames(pattern) {
   return names;
 }
 
+// Code with top-level `await`, as an async function run by a script (see the
+// header); throws a SyntaxError when even that does not compile.
 function compileAsync(code, filename) {
   const hoisted = []; // declared by the script, out of the async function
   const first = []; // run first in the function
@@ -355,14 +355,14 @@ function errorEvent(error) {
   return { event: 'error', name: 'Error', value: inspect(error), traceback: `Uncaught ${inspect(error)}` };
 }
 
-function applyEnv(env) {
-  const saved = [];
+// Into `saved` as it goes: what was there before, to put back even if a value
+// is refused half-way.
+function applyEnv(env, saved) {
   for (const [name, value] of Object.entries(env)) {
     if (typeof value !== 'string' || name === '' || name.includes('=') || name.includes('\0')) continue;
     saved.push([name, Object.prototype.hasOwnProperty.call(process.env, name) ? process.env[name] : undefined]);
     process.env[name] = value;
   }
-  return saved;
 }
 
 function restoreEnv(saved) {
@@ -381,7 +381,7 @@ function signalsSeen() {
 }
 
 async function execute(execution, line) {
-  let env = [];
+  const env = [];
   try {
     let request = null;
     try {
@@ -390,9 +390,9 @@ async function execute(execution, line) {
       // reported below
     }
     if (!request || typeof request.code !== 'string' || (request.env != null && typeof request.env !== 'object')) {
-      throw new Error('bad request: code must be a string and env an object');
+      throw new Error('bad request: expected a JSON object with a string "code" and an object "env"');
     }
-    env = applyEnv(request.env || {});
+    applyEnv(request.env || {}, env);
     cellCount += 1;
     const { script, isAsync } = compileCode(request.code, `<cell-${cellCount}>`);
     await signalsSeen();
