@@ -114,7 +114,7 @@ def spawn(request: Request, user: User, agent_environ: Mapping[str, str]) -> Spa
     if request.pty_size is not None:
         environ.setdefault("TERM", "xterm-256color")  # the SDKs send it; other clients get a usable default
         return _spawn_pty(argv, cwd, environ, ids, request.pty_size, owner=user.uid)
-    return _spawn_pipes(argv, cwd, environ, identity)
+    return _spawn_pipes(argv, cwd, environ, ids)
 
 
 def identity(user: User) -> dict[str, object]:
