@@ -365,3 +365,20 @@ def test_unsupported_language_and_bad_env(agent: Agent) -> None:
         agent.run("1", language="cobol")
     with pytest.raises(Exception, match="env var name 'A=B' is not valid"):
         agent.run("1", **{"A=B": "1"})
+
+
+def test_a_template_without_the_language_says_which_to_use() -> None:
+    import asyncio
+
+    from agent.init import Reaper
+    from agent.interpreter.kernel import Kernel, KernelStartError
+    from agent.users import lookup
+
+    missing = languages.Language("javascript", "scalebox-no-such-node", ("scalebox-no-such-node", "kernel.js"))
+
+    async def start() -> None:
+        await Kernel.start(missing, lookup("root"), "/", dict(os.environ), Reaper())
+
+    with pytest.raises(KernelStartError, match=r"needs 'scalebox-no-such-node'.*code-interpreter template") as info:
+        asyncio.run(start())
+    assert info.value.code == "failed_precondition"
