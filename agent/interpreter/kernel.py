@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import NamedTuple, Union
 
@@ -46,6 +47,7 @@ from agent.users import User
 
 READ_SIZE = 64 * 1024
 QUEUE_LIMIT = 1024 * 1024
+MERGE_LIMIT = 256 * 1024
 START_TIMEOUT = 30.0
 INTERRUPT_RESEND = 1.0
 INTERRUPT_GRACE = 3.0
@@ -71,11 +73,18 @@ class KernelStartError(Exception):
 
 
 class Run:
-    """One execution's events, in order, ending with Done or Exited."""
+    """One execution's events, in order, ending with Done or Exited.
+
+    Output waiting in the queue is handed out merged (adjacent chunks of one
+    stream, up to MERGE_LIMIT): a loop printing lines makes one message per
+    read, not one per line, which matters most to clients that get every
+    message padded to 8 KiB (agent/connect/protocol.py).
+    """
 
     def __init__(self, kernel: Kernel) -> None:
         self._kernel = kernel
-        self._queue: asyncio.Queue[RunEvent] = asyncio.Queue()
+        self._queue: deque[RunEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.queued_bytes = 0
         self.finished = False
         self.abandoned = False
@@ -86,16 +95,35 @@ class Run:
             return
         if isinstance(event, Output):
             self.queued_bytes += len(event.text)
-        self._queue.put_nowait(event)
+        self._queue.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def next(self) -> RunEvent | None:
         """The next event, or None after the last one."""
-        if self._queue.empty() and self.finished:
-            return None
-        event = await self._queue.get()
+        while not self._queue:
+            if self.finished:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        event = self._queue.popleft()
         if isinstance(event, Output):
-            self.queued_bytes -= len(event.text)
+            parts = [event.text]
+            size = len(event.text)
+            while self._queue and size < MERGE_LIMIT:
+                following = self._queue[0]
+                if not isinstance(following, Output) or following.stream != event.stream:
+                    break
+                self._queue.popleft()
+                parts.append(following.text)
+                size += len(following.text)
+            self.queued_bytes -= size
             self._kernel.resume_output()
+            if len(parts) > 1:
+                event = Output(event.stream, "".join(parts))
         return event
 
     def interrupt(self) -> None:
@@ -106,8 +134,7 @@ class Run:
     def abandon(self) -> None:
         """Nobody reads this run any more: interrupt it and drop its events."""
         self.abandoned = True
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        self._queue.clear()
         self.queued_bytes = 0
         self.interrupt()
         self._kernel.resume_output()
