@@ -28,6 +28,7 @@ from controlplane.runtime.service import podman_service
 from controlplane.store import Store
 from controlplane.tokens import load_or_create_secret, verify_access_token
 from gateway.access import SandboxView, Verdict, decide
+from gateway.routing.cache import VersionedCache
 from gateway.routing.table import route
 from gateway.server import Gateway
 from gateway.tls.certs import ensure_certificates, load_user_certificate
@@ -169,15 +170,23 @@ async def _serve_locked(config: ServeConfig) -> None:
                 rec = store.get_sandbox(sandbox_id)
                 return None if rec is None else SandboxView(state=rec.state.value, ip=rec.ip)
 
-            def router(host: str, token: str | None, agent_authorises: bool) -> Verdict:
+            api_address = UnixAddress(str(api_socket))
+
+            def verdict(key: tuple[str, str | None, bool]) -> Verdict:
+                host, token, agent_authorises = key
                 return decide(
                     route(host, config.domain),
                     lookup=lookup,
                     access_token=token,
                     verify=lambda sid, tok: verify_access_token(secret, sid, tok),
-                    api_address=UnixAddress(str(api_socket)),
+                    api_address=api_address,
                     agent_authorises=agent_authorises,
                 )
+
+            verdicts = VersionedCache(lambda: store.sandboxes_version, verdict)
+
+            def router(host: str, token: str | None, agent_authorises: bool) -> Verdict:
+                return verdicts.get((host, token, agent_authorises))
 
             gateway = Gateway(router=router, ssl_context=ssl_context, pool=Pool())
             hyper = hypercorn.config.Config()

@@ -103,6 +103,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        # Counts writes to the sandbox table: what the gateway's route cache keys on.
+        self.sandboxes_version = 0
 
     def close(self) -> None:
         self._db.close()
@@ -111,6 +113,7 @@ class Store:
 
     def put_sandbox(self, record: SandboxRecord) -> None:
         """Insert or replace the whole row in one transaction."""
+        self.sandboxes_version += 1
         values = [_to_sql(col, getattr(record, col)) for col in _SANDBOX_COLUMNS]
         placeholders = ",".join("?" * len(_SANDBOX_COLUMNS))
         self._db.execute(
@@ -123,6 +126,7 @@ class Store:
         return _sandbox_from_row(row) if row else None
 
     def delete_sandbox(self, sandbox_id: str) -> None:
+        self.sandboxes_version += 1
         self._db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
 
     def sandboxes_in(self, states: Iterable[State]) -> list[SandboxRecord]:

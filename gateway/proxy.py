@@ -487,12 +487,29 @@ class HttpSession:
         )
 
     async def _pump_response(self, up: UpstreamConnection, fwd: Forward, upgrade: bool) -> tuple[int, bool]:
+        """Relay the upstream's response. What one upstream read yields (head, body, end)
+        goes to the client in one write: a small response costs one send, not three."""
         status = 0
         head_sent = False
+        pending = bytearray()
+
+        async def flush() -> None:
+            if pending:
+                data = bytes(pending)
+                pending.clear()
+                await self.stream.send_all(data)
+
         await self._await_answer(up, fwd)
         while True:
             try:
-                event = await _read_event(up.conn, up.stream, self.limits.upstream_idle_timeout)
+                event: object = up.conn.next_event()
+                if event is h11.NEED_DATA:
+                    # All the upstream sent so far is relayed before waiting for more.
+                    try:
+                        await flush()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                        raise _ClientGone(str(exc)) from None
+                    event = await _read_event(up.conn, up.stream, self.limits.upstream_idle_timeout)
             except trio.TooSlowError:
                 if head_sent:
                     raise _ClientGone("upstream stalled mid-response") from None
@@ -511,25 +528,27 @@ class HttpSession:
                             (b"connection", b"upgrade"),
                             (b"upgrade", _header(list(event.headers), b"upgrade") or b""),
                         ]
-                        await _send(self.conn, self.stream, h11.InformationalResponse(status_code=101, headers=headers))
+                        pending += self.conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
+                        await flush()
                         return 101, True
-                    await _send(self.conn, self.stream, event)
+                    pending += self.conn.send(event) or b""
                 elif isinstance(event, h11.Response):
                     headers = _strip_hop_by_hop(list(event.headers))
                     if self.drain.draining:
                         headers.append((b"connection", b"close"))
-                    await _send(
-                        self.conn,
-                        self.stream,
-                        h11.Response(status_code=event.status_code, headers=headers, reason=event.reason),
-                    )
+                    response = h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
+                    pending += self.conn.send(response) or b""
                     status, head_sent = event.status_code, True
                 elif isinstance(event, h11.Data):
-                    await _send(self.conn, self.stream, event)
+                    pending += self.conn.send(event) or b""
+                    if len(pending) >= CHUNK:
+                        await flush()
                 elif isinstance(event, h11.EndOfMessage):
-                    await _send(self.conn, self.stream, h11.EndOfMessage())
+                    pending += self.conn.send(h11.EndOfMessage()) or b""
+                    await flush()
                     return status, False
                 elif isinstance(event, h11.ConnectionClosed):
+                    await flush()
                     if head_sent:
                         raise _ClientGone("upstream closed mid-response")
                     raise _UpstreamFailed(502, "bad_gateway", f"{fwd.target} closed the connection without answering")

@@ -396,3 +396,23 @@ def test_decide_signed_file_url_still_needs_a_known_running_sandbox() -> None:
 )
 def test_bypasses_token(method: bytes, target: bytes, signed: bool) -> None:
     assert bypasses_token(method, target) is signed
+
+
+def test_verdicts_are_remembered_until_the_table_changes() -> None:
+    from gateway.routing.cache import VersionedCache
+
+    version = [0]
+    computed: list[str] = []
+
+    def compute(key: str) -> str:
+        computed.append(key)
+        return f"{key}@{version[0]}"
+
+    cache = VersionedCache(lambda: version[0], compute, max_entries=2)
+    assert cache.get("a") == "a@0" and cache.get("a") == "a@0"
+    assert computed == ["a"]
+    version[0] += 1  # a sandbox row was written: the next request sees it
+    assert cache.get("a") == "a@1"
+    assert cache.get("b") == "b@1" and cache.get("c") == "c@1"  # full: starts over, stays bounded
+    assert cache.get("a") == "a@1"
+    assert computed == ["a", "a", "b", "c", "a"]
