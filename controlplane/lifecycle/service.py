@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -20,6 +20,7 @@ from appliance import log
 from controlplane.apikeys import random_id
 from controlplane.errors import ApiError, Conflict, NotFound, Unavailable
 from controlplane.lifecycle import states
+from controlplane.lifecycle.pool import Warm, WarmPool
 from controlplane.lifecycle.probe import wait_until_healthy
 from controlplane.lifecycle.states import LIVE, State
 from controlplane.records import CreateRequest, SandboxRecord
@@ -34,12 +35,14 @@ from controlplane.runtime.base import (
     RuntimeFailure,
 )
 from controlplane.store import SandboxQuery, Store
-from controlplane.templates import resolve
+from controlplane.templates import Template, resolve
 from controlplane.tokens import mint_access_token
 
 LABEL_MANAGED = "io.scalebox.managed"
 LABEL_INSTANCE = "io.scalebox.instance"
 LABEL_SANDBOX = "io.scalebox.sandbox-id"
+# Any id will do: two specs are compared for a pool match once built for the same one.
+_MATCH_ID = "sbx-pool-match"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +56,12 @@ class LifecycleConfig:
     access_secret: bytes = b""
     ready_timeout: float = 30.0
     reap_interval: float = 1.0
+    # Template id -> sandboxes kept started and ready (pool.py); empty: no pool.
+    warm_pool: Mapping[str, int] = field(default_factory=dict)
+    # What pooled containers get: the API's defaults, which most creates use.
+    pool_cpu_count: int = 1
+    pool_memory_mb: int = 512
+    pool_check_interval: float = 5.0
 
 
 class SandboxService:
@@ -70,6 +79,13 @@ class SandboxService:
         self.clock = clock
         self._locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
+        self.pool = WarmPool(
+            runtime=runtime,
+            sizes=config.warm_pool,
+            make_spec=self._pooled_spec,
+            ready_timeout=config.ready_timeout,
+            check_interval=config.pool_check_interval,
+        )
 
     # -- helpers -----------------------------------------------------------------
 
@@ -112,14 +128,28 @@ class SandboxService:
 
     async def create(self, req: CreateRequest) -> SandboxRecord:
         template = resolve(req.template)
+        if self._pool_can_serve(template, req):
+            warm = await self.pool.take(template.id)
+            if warm is not None:
+                return await self._adopt(warm, template, req)
         if not await self.runtime.image_exists(template.image):
             raise Unavailable(
                 f"template {template.id!r} has no local image {template.image}; run `make setup` to build it",
                 code="image_missing",
             )
-        now = self.clock()
-        rec = SandboxRecord(
-            id=random_id("sbx-", 20),
+        rec = self._record(random_id("sbx-", 20), template, req, self.clock())
+        self.store.put_sandbox(rec)
+        log.event("sandbox.create", sandbox_id=rec.id, template=template.id, is_async=req.is_async)
+        spec = self._spec(rec.id, template, req)
+        if req.is_async:
+            assert self._nursery is not None, "background tasks need run() to be running"
+            self._nursery.start_soon(self._boot_async, rec, spec)
+            return rec
+        return await self._boot(rec, spec, keep_row_on_failure=False)
+
+    def _record(self, sandbox_id: str, template: Template, req: CreateRequest, now: float) -> SandboxRecord:
+        return SandboxRecord(
+            id=sandbox_id,
             template_id=template.id,
             state=State.STARTING,
             cpu_count=req.cpu_count,
@@ -137,30 +167,70 @@ class SandboxService:
             created_at=now,
             updated_at=now,
         )
-        self.store.put_sandbox(rec)
-        log.event("sandbox.create", sandbox_id=rec.id, template=template.id, is_async=req.is_async)
+
+    def _spec(self, sandbox_id: str, template: Template, req: CreateRequest) -> ContainerSpec:
+        """Everything about a sandbox that reaches its container; the rest lives only in its row."""
         env = dict(req.env_vars)
         if template.start_cmd:
             env["SCALEBOX_START_CMD"] = template.start_cmd
         if self.config.access_secret:
-            env["SCALEBOX_ACCESS_TOKEN"] = mint_access_token(self.config.access_secret, rec.id)
-        spec = ContainerSpec(
-            name=f"scalebox-{rec.id}",
+            env["SCALEBOX_ACCESS_TOKEN"] = mint_access_token(self.config.access_secret, sandbox_id)
+        return ContainerSpec(
+            name=f"scalebox-{sandbox_id}",
             image=template.image,
             command=["python3", AGENT_MOUNT],
             env=env,
-            labels=self.labels(rec.id),
+            labels=self.labels(sandbox_id),
             cpu_count=float(req.cpu_count),
             memory_mb=req.memory_mb,
-            hostname=rec.id,
+            hostname=sandbox_id,
             agent_dir=self.config.agent_dir,
             vendor_dir=self.config.vendor_dir,
         )
-        if req.is_async:
-            assert self._nursery is not None, "background tasks need run() to be running"
-            self._nursery.start_soon(self._boot_async, rec, spec)
-            return rec
-        return await self._boot(rec, spec, keep_row_on_failure=False)
+
+    # -- the warm pool -------------------------------------------------------------------
+
+    def _pooled_request(self, template_id: str) -> CreateRequest:
+        return CreateRequest(
+            template=template_id, cpu_count=self.config.pool_cpu_count, memory_mb=self.config.pool_memory_mb
+        )
+
+    def _pooled_spec(self, template_id: str) -> tuple[str, ContainerSpec]:
+        # The final id now: it is in the container's name, hostname, labels and
+        # the agent's token, none of which can change once the container exists.
+        sandbox_id = random_id("sbx-", 20)
+        return sandbox_id, self._spec(sandbox_id, resolve(template_id), self._pooled_request(template_id))
+
+    def _pool_can_serve(self, template: Template, req: CreateRequest) -> bool:
+        """Whether a pooled container is exactly the one a fresh create of `req` would make.
+
+        The spec is the whole of what reaches a container (env_vars, cpu_count and
+        memory_mb among it), so comparing specs built for one id leaves no field
+        a fresh container would honour and a pooled one not.
+        """
+        if not self.pool.serves(template.id):
+            return False
+        pooled = self._pooled_request(template.id)
+        return self._spec(_MATCH_ID, template, req) == self._spec(_MATCH_ID, template, pooled)
+
+    async def _adopt(self, warm: Warm, template: Template, req: CreateRequest) -> SandboxRecord:
+        """Give a taken pooled sandbox its row: the one a fresh create would have written on success."""
+        now = self.clock()
+        rec = replace(
+            self._record(warm.sandbox_id, template, req, now),
+            state=State.RUNNING,
+            container_id=warm.container_id,
+            ip=warm.ip,
+            started_at=now,
+            timeout_at=now + req.timeout,
+        )
+        try:
+            self.store.put_sandbox(rec)
+        except BaseException:
+            await self.pool.discard(warm, "its row could not be written")
+            raise
+        log.event("sandbox.create", sandbox_id=rec.id, template=template.id, is_async=req.is_async, warm=True)
+        return rec
 
     async def _boot_async(self, rec: SandboxRecord, spec: ContainerSpec) -> None:
         # A failure is already recorded on the row and logged.
@@ -356,9 +426,14 @@ class SandboxService:
                     log.event("sandbox.reap_failed", sandbox_id=rec.id, error=exc.message)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the background tasks (async creates, the reaper) until cancelled."""
+        """Own the background tasks (async creates, the warm pool, the reaper) until cancelled.
+
+        Call `reconcile` first: it removes labelled containers without a row, which
+        is what pooled ones are.
+        """
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.pool.run)
             task_status.started()
             while True:
                 await trio.sleep(self.config.reap_interval)

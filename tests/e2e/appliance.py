@@ -48,6 +48,8 @@ class Appliance:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
+    # More `scalebox serve` options, e.g. ("--warm-pool", "base=2").
+    extra_args: tuple[str, ...] = ()
 
     # -- process control ------------------------------------------------------------
 
@@ -56,7 +58,7 @@ class Appliance:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [str(SCALEBOX), "serve", "--data-dir", str(self.data_dir), "--domain", DOMAIN,
-             "--listen", f"127.0.0.1:{self.port},[::1]:{self.port}"],
+             "--listen", f"127.0.0.1:{self.port},[::1]:{self.port}", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO,
         )  # fmt: skip
         stderr = self.process.stderr
