@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from controlplane.templates import BUILTIN
 from gateway.tls.certs import normalise_domain
 
 DEFAULT_DOMAIN = "sbx.localhost"
 DEFAULT_LISTEN = "8443"
 DEFAULT_DATA_DIR = "/var/lib/scalebox"
+# Each pooled sandbox is a running container holding memory: a bound keeps a typo
+# (`base=1000`) from exhausting the machine.
+MAX_WARM_POOL = 64
+MAX_GATEWAY_PROCESSES = 8
 
 
 class ConfigError(ValueError):
@@ -36,6 +42,10 @@ class ServeConfig:
     # The port users put in URLs; defaults to the (first) listening port.
     public_port: int | None = None
     podman_socket: Path | None = None
+    # Template id -> sandboxes kept ready to serve creates at once; empty: no pool.
+    warm_pool: Mapping[str, int] = field(default_factory=dict)
+    # Processes serving the gateway port, this one included (appliance/workers.py).
+    gateway_processes: int = 1
 
     @property
     def advertised_port(self) -> int:
@@ -67,8 +77,37 @@ def parse_listen(text: str) -> tuple[ListenAddress, ...]:
     return tuple(out)
 
 
+def parse_warm_pool(text: str) -> dict[str, int]:
+    """`base=4,code-interpreter=2` -> {"base": 4, "code-interpreter": 2}; empty -> no pool."""
+    sizes: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, count = part.partition("=")
+        name, count = name.strip(), count.strip()
+        if not sep or not name:
+            raise ConfigError(f"--warm-pool {part!r}: write TEMPLATE=N, e.g. base=4")
+        template = BUILTIN.get(name) or BUILTIN.get(name.removeprefix("tpl-"))
+        if template is None:
+            known = ", ".join(sorted(BUILTIN))
+            raise ConfigError(f"--warm-pool {part!r}: no template {name!r}; available: {known}")
+        if not (count.isascii() and count.isdigit()) or int(count) > MAX_WARM_POOL:
+            raise ConfigError(f"--warm-pool {part!r}: N must be a whole number from 0 to {MAX_WARM_POOL}")
+        if template.id in sizes:
+            raise ConfigError(f"--warm-pool: template {template.id!r} is given twice")
+        sizes[template.id] = int(count)
+    return sizes
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
+    parser.add_argument(
+        "--gateway-processes",
+        default=env("SCALEBOX_GATEWAY_PROCESSES", ""),
+        metavar="N",
+        help=f"processes serving the gateway port, this one included (env SCALEBOX_GATEWAY_PROCESSES;"
+        f" default: one per CPU, at most {MAX_GATEWAY_PROCESSES})",
+    )
     parser.add_argument(
         "--domain",
         default=env("SCALEBOX_DOMAIN", DEFAULT_DOMAIN),
@@ -103,6 +142,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=env("SCALEBOX_PODMAN_SOCKET"),
         help="Podman API socket to use or start (default <data-dir>/podman/podman.sock)",
     )
+    parser.add_argument(
+        "--warm-pool",
+        default=env("SCALEBOX_WARM_POOL", ""),
+        metavar="TEMPLATE=N[,TEMPLATE=N]",
+        help="keep N sandboxes of a template started, served at once to creates with the default"
+        " cpu_count and memory_mb and no env_vars (env SCALEBOX_WARM_POOL; default: none)",
+    )
+
+
+def default_gateway_processes() -> int:
+    """One per CPU, at most MAX_GATEWAY_PROCESSES: the gateway is CPU-bound Python."""
+    return max(1, min(os.cpu_count() or 1, MAX_GATEWAY_PROCESSES))
+
+
+def parse_gateway_processes(text: str) -> int:
+    if not text:
+        return default_gateway_processes()
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_GATEWAY_PROCESSES):
+        raise ConfigError(f"--gateway-processes {text[:20]!r}: a number from 1 to {MAX_GATEWAY_PROCESSES}")
+    return int(text)
 
 
 def config_from_args(ns: argparse.Namespace) -> ServeConfig:
@@ -123,4 +182,6 @@ def config_from_args(ns: argparse.Namespace) -> ServeConfig:
         tls_key=Path(ns.tls_key) if ns.tls_key else None,
         public_port=public_port,
         podman_socket=Path(ns.podman_socket) if ns.podman_socket else None,
+        warm_pool=parse_warm_pool(str(ns.warm_pool or "")),
+        gateway_processes=parse_gateway_processes(str(ns.gateway_processes or "")),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import ssl
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -17,7 +16,9 @@ import trio
 import agent
 from appliance import log
 from appliance.config import ListenAddress, ServeConfig
+from appliance.router import make_router
 from appliance.vendor import prepare_vendor_dir
+from appliance.workers import WorkerSettings, run_workers
 from controlplane.api.app import ApiSettings, create_app
 from controlplane.api.schemas import HostLimits
 from controlplane.apikeys import ensure_admin_key, random_id
@@ -26,10 +27,8 @@ from controlplane.runtime.base import RuntimeFailure
 from controlplane.runtime.podman_runtime import PodmanRuntime
 from controlplane.runtime.service import podman_service
 from controlplane.store import Store
-from controlplane.tokens import load_or_create_secret, verify_access_token
-from gateway.access import SandboxView, Verdict, decide
-from gateway.routing.cache import VersionedCache
-from gateway.routing.table import route
+from controlplane.tokens import load_or_create_secret
+from gateway.access import SandboxView
 from gateway.server import Gateway
 from gateway.tls.certs import ensure_certificates, load_user_certificate
 from gateway.tls.context import server_context
@@ -58,15 +57,16 @@ def _instance_id(data_dir: Path) -> str:
     return value
 
 
-def _tls(config: ServeConfig) -> tuple[ssl.SSLContext, Path | None]:
+def _tls(config: ServeConfig) -> tuple[Path, Path, Path | None]:
+    """The certificate and key the gateway serves, and our CA's certificate when we made them."""
     if config.tls_cert and config.tls_key:
         try:
             load_user_certificate(config.tls_cert, config.tls_key)
         except ValueError as exc:
             raise StartupError(f"--tls-cert/--tls-key: {exc}") from None
-        return server_context(config.tls_cert, config.tls_key), None
+        return config.tls_cert, config.tls_key, None
     paths = ensure_certificates(config.data_dir / "tls", config.domain)
-    return server_context(paths.cert, paths.key), paths.ca_cert
+    return paths.cert, paths.key, paths.ca_cert
 
 
 def _host_limits() -> HostLimits:
@@ -134,7 +134,8 @@ async def serve(config: ServeConfig) -> None:
 
 async def _serve_locked(config: ServeConfig) -> None:
     data_dir = config.data_dir
-    ssl_context, ca = _tls(config)
+    cert, key, ca = _tls(config)
+    ssl_context = server_context(cert, key)
     store = Store(data_dir / "scalebox.db")
     admin_key_path = data_dir / "admin-api-key"
     new_key = ensure_admin_key(store, admin_key_path) is not None
@@ -143,6 +144,8 @@ async def _serve_locked(config: ServeConfig) -> None:
     socket_path = config.podman_socket or data_dir / "podman" / "podman.sock"
     api_socket = data_dir / "api.sock"
     api_socket.unlink(missing_ok=True)
+
+    limits = _host_limits()
 
     try:
         async with podman_service(socket_path) as podman_url:
@@ -155,6 +158,10 @@ async def _serve_locked(config: ServeConfig) -> None:
                     agent_dir=Path(agent.__file__).parent,
                     vendor_dir=prepare_vendor_dir(data_dir / "agent-vendor"),
                     access_secret=secret,
+                    # Pooled sandboxes get the API's defaults: only such creates can take one.
+                    warm_pool=config.warm_pool,
+                    pool_cpu_count=limits.default_cpu_count,
+                    pool_memory_mb=limits.default_memory_mb,
                 ),
             )
             await service.reconcile()
@@ -162,7 +169,7 @@ async def _serve_locked(config: ServeConfig) -> None:
                 service=service,
                 store=store,
                 settings=ApiSettings(
-                    domain=config.domain, public_port=config.advertised_port, secret=secret, limits=_host_limits()
+                    domain=config.domain, public_port=config.advertised_port, secret=secret, limits=limits
                 ),
             )
 
@@ -170,24 +177,13 @@ async def _serve_locked(config: ServeConfig) -> None:
                 rec = store.get_sandbox(sandbox_id)
                 return None if rec is None else SandboxView(state=rec.state.value, ip=rec.ip)
 
-            api_address = UnixAddress(str(api_socket))
-
-            def verdict(key: tuple[str, str | None, bool]) -> Verdict:
-                host, token, agent_authorises = key
-                return decide(
-                    route(host, config.domain),
-                    lookup=lookup,
-                    access_token=token,
-                    verify=lambda sid, tok: verify_access_token(secret, sid, tok),
-                    api_address=api_address,
-                    agent_authorises=agent_authorises,
-                )
-
-            verdicts = VersionedCache(lambda: store.sandboxes_version, verdict)
-
-            def router(host: str, token: str | None, agent_authorises: bool) -> Verdict:
-                return verdicts.get((host, token, agent_authorises))
-
+            router = make_router(
+                domain=config.domain,
+                secret=secret,
+                api_address=UnixAddress(str(api_socket)),
+                lookup=lookup,
+                version=lambda: store.sandboxes_version,
+            )
             gateway = Gateway(router=router, ssl_context=ssl_context, pool=Pool())
             hyper = hypercorn.config.Config()
             hyper.bind = [f"unix:{api_socket}"]
@@ -209,6 +205,32 @@ async def _serve_locked(config: ServeConfig) -> None:
 
                 nursery.start_soon(run_api)
                 await nursery.start(gateway.serve, listeners, shutdown)
+                workers_stopped = trio.Event()
+
+                async def run_gateway_workers() -> None:
+                    try:
+                        await run_workers(
+                            [
+                                WorkerSettings(
+                                    index=i,
+                                    listen_fds=[lst.socket.fileno() for lst in listeners],
+                                    database=str(data_dir / "scalebox.db"),
+                                    secret_path=str(data_dir / "secret.key"),
+                                    api_socket=str(api_socket),
+                                    domain=config.domain,
+                                    tls_cert=str(cert),
+                                    tls_key=str(key),
+                                    drain_timeout=gateway.limits.drain_timeout,
+                                    parent_pid=os.getpid(),
+                                )
+                                for i in range(1, config.gateway_processes)
+                            ],
+                            shutdown,
+                        )
+                    finally:
+                        workers_stopped.set()
+
+                nursery.start_soon(run_gateway_workers)
                 log.event(
                     "appliance.ready", domain=config.domain, ports=[lst.socket.getsockname()[1] for lst in listeners]
                 )
@@ -218,6 +240,7 @@ async def _serve_locked(config: ServeConfig) -> None:
                 # gateway.serve returns once drained; then the API and the reaper stop.
                 with trio.move_on_after(gateway.limits.drain_timeout + 2):
                     await api_stopped.wait()
+                    await workers_stopped.wait()
                 nursery.cancel_scope.cancel()
     except RuntimeFailure as exc:
         raise StartupError(str(exc)) from None

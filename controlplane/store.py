@@ -197,3 +197,26 @@ def _sandbox_from_row(row: sqlite3.Row) -> SandboxRecord:
             value = State(value)
         fields[col] = value
     return SandboxRecord(**fields)
+
+
+class RouteReader:
+    """What a gateway worker process needs of the store: a sandbox's state and address, read-only.
+
+    ``version()`` is SQLite's data_version: it changes whenever another
+    connection (the appliance's own Store) commits, which is what a worker's
+    route cache keys on.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=5000")
+
+    def sandbox_view(self, sandbox_id: str) -> tuple[str, str | None] | None:
+        row = self._db.execute("SELECT state, ip FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+        return None if row is None else (str(row[0]), row[1])
+
+    def version(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()

@@ -159,6 +159,9 @@ async def _send(conn: h11.Connection, stream: trio.abc.Stream, event: h11.Event)
         await stream.send_all(data)
 
 
+WATCH_CLIENT_AFTER = 0.5  # seconds into a response before a departed client is looked for
+
+
 class HttpSession:
     """Serves every request arriving on one client connection."""
 
@@ -171,6 +174,7 @@ class HttpSession:
         pool: Pool,
         drain: Drain,
         limits: HttpLimits,
+        worker: int = 0,
     ) -> None:
         self.stream = stream
         self.client = client
@@ -178,6 +182,7 @@ class HttpSession:
         self.pool = pool
         self.drain = drain
         self.limits = limits
+        self.worker = worker
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         # Of the request being answered: errors to Connect RPCs take Connect's shape.
         self._connect_kind: str | None = None
@@ -293,6 +298,7 @@ class HttpSession:
                 path=req.target.split(b"?", 1)[0].decode("latin-1", "replace")[:200],
                 status=status,
                 outcome=outcome,
+                worker=self.worker,
                 ms=round((time.monotonic() - started) * 1000, 2),
             )
 
@@ -439,6 +445,9 @@ class HttpSession:
         await self._pump_request_body(up)
         if self.conn.their_state is not h11.DONE:
             return
+        # Most answers come sooner: watching from the start would cost every request a
+        # read that finds nothing.
+        await trio.sleep(WATCH_CLIENT_AFTER)
         try:
             data = await self.stream.receive_some(CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

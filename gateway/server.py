@@ -31,9 +31,17 @@ class GatewayLimits:
 
 class Gateway:
     def __init__(
-        self, *, router: Router, ssl_context: ssl.SSLContext, pool: Pool, limits: GatewayLimits = GatewayLimits()
+        self,
+        *,
+        router: Router,
+        ssl_context: ssl.SSLContext,
+        pool: Pool,
+        limits: GatewayLimits = GatewayLimits(),
+        worker: int = 0,
     ) -> None:
         self.router = router
+        # Which gateway process this is (0: the appliance's own), for the access log.
+        self.worker = worker
         self.ssl_context = ssl_context
         self.pool = pool
         self.limits = limits
@@ -82,6 +90,7 @@ class Gateway:
             pool=self.pool,
             drain=self.drain,
             limits=self.limits.http,
+            worker=self.worker,
         )
         await session.run()
 
