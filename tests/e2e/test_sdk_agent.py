@@ -148,10 +148,19 @@ def test_pty(sandbox: object) -> None:
     pty = sandbox.pty  # type: ignore[attr-defined]
     handle = pty.create(PtySize(rows=24, cols=80))
     output = bytearray()
+    waiter = threading.Thread(target=lambda: handle.wait(on_pty=lambda data: output.extend(data)), daemon=True)
+    waiter.start()
     pty.send_stdin(handle.pid, b"stty size; tty\n")
+    # Resize only once the shell answered the first line: a slow shell would
+    # otherwise see the new size for both.
+    deadline = time.monotonic() + 30
+    while b"/dev/pts/" not in output:
+        assert time.monotonic() < deadline, output
+        time.sleep(0.05)
     pty.resize(handle.pid, PtySize(rows=40, cols=100))
     pty.send_stdin(handle.pid, b"stty size; exit\n")
-    handle.wait(on_pty=lambda data: output.extend(data))
+    waiter.join(30)
+    assert not waiter.is_alive()
     text = output.decode(errors="replace")
     assert "24 80" in text and "40 100" in text and "/dev/pts/" in text
 
