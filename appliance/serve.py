@@ -6,6 +6,7 @@ import fcntl
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -18,7 +19,7 @@ from appliance import log
 from appliance.config import ListenAddress, ServeConfig
 from appliance.router import make_router
 from appliance.vendor import prepare_vendor_dir
-from appliance.workers import WorkerSettings, run_workers
+from appliance.workers import WorkerGroup, WorkerSettings, reload_tls, run_workers
 from controlplane.api.app import ApiSettings, create_app
 from controlplane.api.schemas import HostLimits
 from controlplane.apikeys import ensure_admin_key, random_id
@@ -31,7 +32,7 @@ from controlplane.tokens import load_or_create_secret
 from gateway.access import SandboxView
 from gateway.server import Gateway
 from gateway.tls.certs import ensure_certificates, load_user_certificate
-from gateway.tls.context import server_context
+from gateway.tls.identity import load_server_tls
 from gateway.upstream import Pool, UnixAddress
 
 
@@ -109,10 +110,12 @@ def _banner(config: ServeConfig, ca: Path | None, admin_key_path: Path, new_key:
     )
 
 
-async def _watch_signals(shutdown: trio.Event, cancel: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _watch_signals(shutdown: trio.Event, cancel: trio.CancelScope, hangup: Callable[[], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
-            if not shutdown.is_set():
+            if signum == signal.SIGHUP:
+                hangup()
+            elif not shutdown.is_set():
                 log.event("appliance.stopping", signal=signal.Signals(signum).name)
                 shutdown.set()
             else:
@@ -135,7 +138,7 @@ async def serve(config: ServeConfig) -> None:
 async def _serve_locked(config: ServeConfig) -> None:
     data_dir = config.data_dir
     cert, key, ca = _tls(config)
-    ssl_context = server_context(cert, key)
+    tls = load_server_tls(cert, key)
     store = Store(data_dir / "scalebox.db")
     admin_key_path = data_dir / "admin-api-key"
     new_key = ensure_admin_key(store, admin_key_path) is not None
@@ -184,7 +187,21 @@ async def _serve_locked(config: ServeConfig) -> None:
                 lookup=lookup,
                 version=lambda: store.sandboxes_version,
             )
-            gateway = Gateway(router=router, ssl_context=ssl_context, pool=Pool())
+            gateway = Gateway(router=router, tls=tls, pool=Pool())
+            workers = WorkerGroup()
+
+            def hangup() -> None:
+                """SIGHUP: reload the certificate here, then in every worker."""
+                log.event("appliance.reloading", signal="SIGHUP")
+                try:
+                    # Our own certificate is renewed here if it is close to expiry.
+                    _tls(config)
+                except (StartupError, ValueError, OSError) as exc:
+                    log.event("gateway.tls_reload_failed", worker=0, error=str(exc))
+                else:
+                    reload_tls(gateway, cert, key)
+                workers.send_signal(signal.SIGHUP)
+
             hyper = hypercorn.config.Config()
             hyper.bind = [f"unix:{api_socket}"]
             hyper.accesslog = None
@@ -193,7 +210,7 @@ async def _serve_locked(config: ServeConfig) -> None:
 
             shutdown = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
+                nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope, hangup)
                 await nursery.start(service.run)
                 api_stopped = trio.Event()
 
@@ -226,6 +243,7 @@ async def _serve_locked(config: ServeConfig) -> None:
                                 for i in range(1, config.gateway_processes)
                             ],
                             shutdown,
+                            workers,
                         )
                     finally:
                         workers_stopped.set()

@@ -16,17 +16,25 @@ SIGTERM on shutdown and waits for the workers to drain. A worker dies with the
 appliance (PR_SET_PDEATHSIG): an appliance killed with -9 leaves no worker
 holding its port.
 
-    python -m appliance.workers '<settings as JSON>'
+Certificate reload: SIGHUP to the appliance reloads its certificate and key
+files and is passed on to every worker, which reloads them too (`reload_tls`);
+new handshakes get the new certificate, open connections keep theirs. A worker
+ignores SIGHUP from its first instruction (see `_BOOT`), so one passed on while
+it is still starting cannot kill it; it reads the files when it starts anyway.
+
+    python -c "$_BOOT" '<settings as JSON>'
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,11 +46,17 @@ from controlplane.store import RouteReader
 from controlplane.tokens import load_or_create_secret
 from gateway.access import SandboxView
 from gateway.server import Gateway
-from gateway.tls.context import server_context
+from gateway.tls.identity import load_server_tls
 from gateway.upstream import Pool, UnixAddress
 
 RESTART_PAUSE = 1.0
 PR_SET_PDEATHSIG = 1
+# A worker's first instruction: SIGHUP's default action is to terminate, and the
+# appliance passes SIGHUP on to workers that may still be importing.
+_BOOT = (
+    "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "from appliance.workers import main; sys.exit(main(sys.argv))"
+)
 
 
 @dataclass(frozen=True)
@@ -66,20 +80,56 @@ class WorkerSettings:
         return cls(**json.loads(text))
 
 
+# --- in every gateway process ---------------------------------------------------------------
+
+
+def reload_tls(gateway: Gateway, cert: Path, key: Path) -> bool:
+    """Load the certificate and key files again and present them to new connections.
+
+    A pair that does not load is logged and the current one kept.
+    """
+    try:
+        tls = load_server_tls(cert, key)
+    except ValueError as exc:
+        log.event("gateway.tls_reload_failed", worker=gateway.worker, error=str(exc))
+        return False
+    gateway.use_tls(tls)
+    log.event("gateway.tls_reloaded", worker=gateway.worker, names=list(tls.names))
+    return True
+
+
 # --- in the appliance: start and supervise ----------------------------------------------
 
 
-async def run_workers(settings: list[WorkerSettings], shutdown: trio.Event) -> None:
+class WorkerGroup:
+    """The worker processes running now, to pass signals on to."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, trio.Process] = {}
+
+    def started(self, index: int, process: trio.Process) -> None:
+        self._running[index] = process
+
+    def send_signal(self, signum: int) -> None:
+        for process in list(self._running.values()):
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signum)
+
+
+async def run_workers(settings: list[WorkerSettings], shutdown: trio.Event, group: WorkerGroup | None = None) -> None:
     """Keep one process per settings running until `shutdown`, then stop them (drained)."""
+    group = group or WorkerGroup()
     async with trio.open_nursery() as nursery:
         for one in settings:
-            nursery.start_soon(_supervise, one, shutdown)
+            nursery.start_soon(_supervise, one, shutdown, group)
 
 
-async def _supervise(settings: WorkerSettings, shutdown: trio.Event) -> None:
-    argv = [sys.executable, "-m", "appliance.workers", settings.to_arg()]
+async def _supervise(settings: WorkerSettings, shutdown: trio.Event, group: WorkerGroup) -> None:
+    argv = [sys.executable, "-c", _BOOT, settings.to_arg()]
     while not shutdown.is_set():
         process = await trio.lowlevel.open_process(argv, pass_fds=settings.listen_fds, stdin=subprocess.DEVNULL)
+        group.started(settings.index, process)
         log.event("gateway.worker_started", worker=settings.index, pid=process.pid)
         async with trio.open_nursery() as nursery:
 
@@ -118,7 +168,17 @@ def _die_with_parent(parent: int) -> None:
 
 
 async def _serve(settings: WorkerSettings) -> None:
-    reader = RouteReader(Path(settings.database))
+    # Listening before the certificate is read: a SIGHUP for files written after
+    # that read must not be lost (until now it was ignored, see _BOOT).
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        reader = RouteReader(Path(settings.database))
+        try:
+            await _serve_with(settings, reader, signals)
+        finally:
+            reader.close()
+
+
+async def _serve_with(settings: WorkerSettings, reader: RouteReader, signals: AsyncIterator[int]) -> None:
     secret = load_or_create_secret(Path(settings.secret_path))
 
     def lookup(sandbox_id: str) -> SandboxView | None:
@@ -132,30 +192,25 @@ async def _serve(settings: WorkerSettings) -> None:
         lookup=lookup,
         version=reader.version,
     )
-    gateway = Gateway(
-        router=router,
-        ssl_context=server_context(Path(settings.tls_cert), Path(settings.tls_key)),
-        pool=Pool(),
-        worker=settings.index,
-    )
+    cert, key = Path(settings.tls_cert), Path(settings.tls_key)
+    gateway = Gateway(router=router, tls=load_server_tls(cert, key), pool=Pool(), worker=settings.index)
     listeners = [
         trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in settings.listen_fds
     ]
     shutdown = trio.Event()
 
     async def watch_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                reload_tls(gateway, cert, key)
+            else:
                 shutdown.set()
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals)
-            log.event("gateway.worker_ready", worker=settings.index, pid=os.getpid())
-            await gateway.serve(listeners, shutdown)  # returns once drained after SIGTERM
-            nursery.cancel_scope.cancel()
-    finally:
-        reader.close()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals)
+        log.event("gateway.worker_ready", worker=settings.index, pid=os.getpid())
+        await gateway.serve(listeners, shutdown)  # returns once drained after SIGTERM
+        nursery.cancel_scope.cancel()
 
 
 def main(argv: list[str]) -> int:

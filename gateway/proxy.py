@@ -4,7 +4,19 @@ One loop per client connection: read a request head, ask the router for a verdic
 then either answer an error ourselves or run one exchange with an upstream taken
 from the keep-alive pool. Bodies stream in both directions at once (never buffered
 whole), and a `101 Switching Protocols` from upstream turns the two connections into
-a raw byte tunnel (WebSocket). Every read has a deadline from `HttpLimits`.
+a raw byte tunnel (WebSocket). Every read has a deadline from `HttpLimits`
+(gateway/limits.py); what a head may hold is checked in gateway/requesthead.py.
+
+A refused request is answered by the gateway itself, in the usual error shape:
+
+    head the gateway cannot parse or frame     400/414/431/501, then close
+    Host not the TLS connection's SNI          421 (see gateway/tls/names.py)
+    too many exchanges open to one sandbox     503
+    body stalled, or too slow overall          408, then close
+    bad chunked framing in the body            400, then close
+
+(after the upstream's response has begun, a failing client is just disconnected).
+Each request leaves one `gateway.request` line in the log.
 """
 
 from __future__ import annotations
@@ -22,16 +34,26 @@ import trio
 from appliance import log
 from gateway import errors
 from gateway.access import Forward, Refuse, Verdict
+from gateway.caps import Counts
 from gateway.drain import Drain
+from gateway.limits import HttpLimits, body_wait
+from gateway.requesthead import RequestHead, read_head
 from gateway.routing.hosts import InvalidHost, normalise_host
-from gateway.streams import CHUNK, splice
-from gateway.upstream import MAX_HEAD, Pool, UpstreamConnection, UpstreamUnavailable
+from gateway.streams import CHUNK, PrefixedStream, splice
+from gateway.tls.names import misdirected
+from gateway.upstream import Pool, UpstreamConnection, UpstreamUnavailable
+
+__all__ = ["ClientInfo", "HttpLimits", "HttpSession", "Router", "bypasses_token"]
 
 # Headers that describe one hop, not the message (RFC 9110 section 7.6.1). Framing
 # headers (Content-Length, Transfer-Encoding) are kept: h11 re-frames from them.
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
 )
+# What a client says about where a request came from is dropped: the gateway says it
+# (X-Forwarded-For, -Proto, -Host), so an upstream can trust what it reads there.
+# Any other x-forwarded-* goes too.
+_CLIENT_CLAIMS = frozenset({b"forwarded", b"x-real-ip", b"x-request-id"})
 _MAX_DISCARD = 64 * 1024
 # A client's X-Request-Id is passed on only if it is a valid header value after
 # truncation; anything else (inner spaces, control bytes) gets a fresh id instead.
@@ -39,18 +61,17 @@ _CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,64}")
 
 
 @dataclass(frozen=True, kw_only=True)
-class HttpLimits:
-    head_timeout: float = 30.0
-    keepalive_timeout: float = 75.0
-    body_idle_timeout: float = 60.0
-    upstream_idle_timeout: float = 600.0
-    tunnel_idle_timeout: float = 3600.0
-
-
-@dataclass(frozen=True, kw_only=True)
 class ClientInfo:
     peer: str
     scheme: str
+    # TLS only: the SNI name, normalised (None when the client sent none), and the
+    # names the certificate shown to this connection covers.
+    sni: str | None = None
+    cert_names: tuple[str, ...] = ()
+
+    @property
+    def ip(self) -> str:
+        return self.peer.rsplit(":", 1)[0].strip("[]")
 
 
 # host (normalised), X-Access-Token, whether the agent authorises this request itself -> verdict
@@ -59,6 +80,14 @@ Router = Callable[[str, str | None, bool], Verdict]
 
 class _ClientGone(Exception):
     pass
+
+
+class _ClientFault(Exception):
+    """The client broke its request mid-body (bad framing) or sent it too slowly."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
 
 
 def _collapse(group: BaseExceptionGroup) -> BaseException:
@@ -73,7 +102,7 @@ def _collapse(group: BaseExceptionGroup) -> BaseException:
             leaves.append(exc)
 
     walk(group)
-    for kind in (_UpstreamFailed, _ClientGone):
+    for kind in (_ClientFault, _UpstreamFailed, _ClientGone):
         for leaf in leaves:
             if isinstance(leaf, kind):
                 return leaf
@@ -134,10 +163,6 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
-def _is_upgrade(req: h11.Request) -> bool:
-    return b"upgrade" in _connection_tokens(list(req.headers)) and _header(list(req.headers), b"upgrade") is not None
-
-
 def _strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     listed = _connection_tokens(headers)
     return [(k, v) for k, v in headers if k not in _HOP_BY_HOP and k not in listed]
@@ -160,6 +185,8 @@ async def _send(conn: h11.Connection, stream: trio.abc.Stream, event: h11.Event)
 
 
 WATCH_CLIENT_AFTER = 0.5  # seconds into a response before a departed client is looked for
+LINGER_TIME = 2.0  # seconds, and bytes, read and dropped after an error answer before closing
+LINGER_BYTES = 256 * 1024
 
 
 class HttpSession:
@@ -174,6 +201,7 @@ class HttpSession:
         pool: Pool,
         drain: Drain,
         limits: HttpLimits,
+        exchanges: Counts[str],
         worker: int = 0,
     ) -> None:
         self.stream = stream
@@ -182,20 +210,36 @@ class HttpSession:
         self.pool = pool
         self.drain = drain
         self.limits = limits
+        # Exchanges in flight per sandbox id, shared by every session of this process.
+        self.exchanges = exchanges
         self.worker = worker
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
+        self._peer_ip = client.ip.encode()
         # Of the request being answered: errors to Connect RPCs take Connect's shape.
         self._connect_kind: str | None = None
         self._content_type = ""
+        # Of the request being answered, for its log line and the body's time budget.
+        self._head_length = 0
+        self._body_received = 0
+        self._body_waited = 0.0
+        self._bytes_out = 0
+        self._tunnelled_in = 0
+        # An error answer is followed by a close while the client may still be sending.
+        self._linger = False
 
     async def run(self) -> None:
+        await self._serve_requests()
+        if self._linger:
+            await self._linger_close()
+
+    async def _serve_requests(self) -> None:
         first = True
         while True:
             request = await self._next_request(first)
             if request is None:
                 return
             first = False
-            if not await self._exchange(request):
+            if not await self._exchange(*request):
                 return
             if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
                 return
@@ -204,33 +248,62 @@ class HttpSession:
             except h11.LocalProtocolError:
                 return
 
-    async def _next_request(self, first: bool) -> h11.Request | None:
+    async def _next_request(self, first: bool) -> tuple[h11.Request, bytes] | None:
+        """The next request, with the raw bytes it arrived in (its head first: see `_head_length`)."""
+        conn = self.conn
+        # A pipelining client may have sent the next head already: it is in h11's buffer.
+        buffered = conn.trailing_data[0]
+        chunks = [buffered] if buffered else []
         try:
-            # A pipelining client may have sent the next head already: it is in h11's buffer.
-            event: object = self.conn.next_event()
+            event: object = conn.next_event()
             if event is h11.NEED_DATA:
                 # Idle between requests: shutdown may close us here.
-                data = None
+                data = b""
                 with (
                     self.drain.idle(),
                     trio.move_on_after(self.limits.head_timeout if first else self.limits.keepalive_timeout),
                 ):
-                    data = await self.stream.receive_some(CHUNK)
+                    data = bytes(await self.stream.receive_some(CHUNK))
                 if not data:
                     return None
-                self.conn.receive_data(bytes(data))
                 # The deadline covers the whole head, not each read: a client that trickles
                 # a byte at a time must not hold the connection for ever.
                 with trio.fail_after(self.limits.head_timeout):
-                    event = await _read_event(self.conn, self.stream, self.limits.head_timeout)
+                    while True:
+                        chunks.append(data)
+                        conn.receive_data(data)
+                        event = conn.next_event()
+                        if event is not h11.NEED_DATA:
+                            break
+                        data = bytes(await self.stream.receive_some(CHUNK))
         except h11.RemoteProtocolError as exc:
-            await self._raw_error(exc.error_status_hint, "bad_request", f"malformed HTTP request: {exc}")
+            await self._head_error(exc, b"".join(chunks))
             return None
-        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except trio.TooSlowError:
+            received = sum(len(c) for c in chunks)
+            log.event("gateway.head_timeout", peer=self.client.peer, received=received, limit=self.limits.head_timeout)
             return None
-        if isinstance(event, h11.Request):
-            return event
-        return None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return None
+        if not isinstance(event, h11.Request):
+            return None
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._head_length = len(raw) - len(conn.trailing_data[0])
+        return event, raw
+
+    async def _head_error(self, exc: h11.RemoteProtocolError, received: bytes) -> None:
+        status, error = exc.error_status_hint, "bad_request"
+        message = f"malformed HTTP request: {exc}"
+        if status == 431:
+            # h11's buffer outgrew max_head before the head was complete.
+            if b"\n" not in received:
+                status, error = 414, "uri_too_long"
+                message = f"request line longer than {self.limits.max_head} bytes"
+            else:
+                error, message = "headers_too_large", f"request head longer than {self.limits.max_head} bytes"
+        elif status == 501:
+            error = "not_implemented"
+        await self._raw_error(status, error, message)
 
     async def _raw_error(self, status: int, error: str, message: str) -> None:
         """An error for a request h11 could not parse: write it by hand, then close."""
@@ -241,44 +314,93 @@ class HttpSession:
             f"content-length: {len(body)}\r\nconnection: close\r\nx-request-id: {rid}\r\n\r\n"
         ).encode()
         log.event("gateway.bad_request", request_id=rid, peer=self.client.peer, status=status, error=message)
+        self._linger = True
         try:
             with trio.move_on_after(5):
                 await self.stream.send_all(head + body)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
 
+    async def _linger_close(self) -> None:
+        """Before closing after an error answer: stop sending, and read and drop what the
+        client still sends, for a short while.
+
+        Closing a socket with unread input resets the connection, and the reset can
+        destroy the answer before the client has read it: a client still sending its
+        body, the usual case here, would see "connection reset" instead of a 400 or a
+        408. nginx's lingering close does the same.
+        """
+        read = 0
+        with self.drain.idle(), trio.move_on_after(LINGER_TIME):
+            try:
+                if isinstance(self.stream, PrefixedStream | trio.abc.HalfCloseableStream):
+                    await self.stream.send_eof()  # plain TCP: the client sees the end of the answer
+                while read < LINGER_BYTES and (data := await self.stream.receive_some(CHUNK)):
+                    read += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
     # -- one exchange ------------------------------------------------------------------
 
-    async def _exchange(self, req: h11.Request) -> bool:
-        """Handle one request; return whether the client connection may carry another."""
-        headers = list(req.headers)
-        rid_raw = (_header(headers, b"x-request-id") or b"")[:64]
-        rid = rid_raw.decode("ascii") if _CLIENT_REQUEST_ID.fullmatch(rid_raw) else uuid.uuid4().hex[:16]
-        accept = (_header(headers, b"accept") or b"").decode("latin-1")
-        content_type = _header(headers, b"content-type") or b""
-        self._content_type = content_type.decode("latin-1")
-        self._connect_kind = errors.connect_kind(req.method, req.target.split(b"?", 1)[0], content_type)
-        started = time.monotonic()
-        host_raw = _header(headers, b"host") or b""
+    def _verdict(self, head: RequestHead, req: h11.Request) -> tuple[str, Verdict]:
+        """(host for the log, verdict) of a request whose head passed its checks."""
         try:
-            host = normalise_host(host_raw)
+            host = normalise_host(head.host)
         except InvalidHost as exc:
-            verdict: Verdict = Refuse(400, "bad_host", f"invalid Host header: {exc}")
-            host = host_raw.decode("latin-1")
+            return head.host.decode("latin-1"), Refuse(400, "bad_host", f"invalid Host header: {exc}")
+        if self.client.scheme == "https" and host != self.client.sni:
+            why = misdirected(host, self.client.sni, self.client.cert_names)
+            if why is not None:
+                return host, Refuse(421, "misdirected_request", why)
+        token = head.access_token
+        verdict = self.router(
+            host, token.decode("latin-1") if token is not None else None, bypasses_token(req.method, req.target)
+        )
+        return host, verdict
+
+    async def _exchange(self, req: h11.Request, raw: bytes) -> bool:
+        """Handle one request; return whether the client connection may carry another."""
+        started = time.monotonic()
+        head = read_head(req, raw, self._head_length, self.limits)
+        rid_raw = head.request_id[:64]
+        rid = rid_raw.decode("ascii") if _CLIENT_REQUEST_ID.fullmatch(rid_raw) else uuid.uuid4().hex[:16]
+        accept = head.accept.decode("latin-1")
+        self._content_type = head.content_type.decode("latin-1")
+        self._connect_kind = errors.connect_kind(req.method, req.target.split(b"?", 1)[0], head.content_type)
+        self._body_received, self._body_waited, self._bytes_out, self._tunnelled_in = 0, 0.0, 0, 0
+        verdict: Verdict
+        if head.refusal is not None:
+            host, verdict = head.host.decode("latin-1"), head.refusal
         else:
-            token = _header(headers, b"x-access-token")
-            verdict = self.router(
-                host, token.decode("latin-1") if token is not None else None, bypasses_token(req.method, req.target)
-            )
+            host, verdict = self._verdict(head, req)
 
         status, outcome = 0, "ok"
+        sandbox: str | None = None
+        port: int | None = None
+        counted = False
         try:
+            if isinstance(verdict, Forward) and verdict.sandbox_id is not None:
+                sandbox, port = verdict.sandbox_id, verdict.port
+                counted = self.exchanges.take(sandbox)
+                if not counted:
+                    verdict = Refuse(
+                        503,
+                        "sandbox_busy",
+                        f"sandbox {sandbox} already has {self.exchanges.limit} requests in flight through this "
+                        "gateway process; retry shortly",
+                    )
             if isinstance(verdict, Refuse):
-                status = verdict.status
-                return await self._refuse(verdict.status, verdict.error, verdict.message, accept, rid)
+                status, outcome = verdict.status, verdict.error
+                close = head.refusal is not None
+                return await self._refuse(verdict.status, verdict.error, verdict.message, accept, rid, close=close)
             try:
-                status, keep = await self._forward(req, verdict, rid)
+                status, keep = await self._forward(req, head, verdict, rid)
                 return keep
+            except _ClientFault as exc:
+                status, outcome = exc.status, exc.error
+                if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    await self._refuse(exc.status, exc.error, exc.message, accept, rid, close=True)
+                return False
             except _UpstreamFailed as exc:
                 status, outcome = exc.status, exc.error
                 if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -288,6 +410,9 @@ class HttpSession:
                 outcome = "client_gone"
                 return False
         finally:
+            if counted:
+                assert sandbox is not None
+                self.exchanges.give_back(sandbox)
             log.event(
                 "gateway.request",
                 request_id=rid,
@@ -296,14 +421,23 @@ class HttpSession:
                 method=req.method.decode("latin-1"),
                 host=host,
                 path=req.target.split(b"?", 1)[0].decode("latin-1", "replace")[:200],
+                sandbox=sandbox,
+                port=port,
                 status=status,
                 outcome=outcome,
+                # Bytes read from the client (head, body, and a tunnel's traffic) and written to it.
+                bytes_in=self._head_length + self._body_received + self._tunnelled_in,
+                bytes_out=self._bytes_out,
                 worker=self.worker,
                 ms=round((time.monotonic() - started) * 1000, 2),
             )
 
-    async def _refuse(self, status: int, error: str, message: str, accept: str, rid: str) -> bool:
-        keep = await self._discard_body()
+    async def _refuse(
+        self, status: int, error: str, message: str, accept: str, rid: str, *, close: bool = False
+    ) -> bool:
+        """Answer the request ourselves; `close` after it (otherwise the connection is
+        kept when the rest of a small body could be read and dropped)."""
+        keep = not close and await self._discard_body()
         if self._connect_kind is not None:
             status, ctype, body = errors.render_connect(
                 status, message, kind=self._connect_kind, content_type=self._content_type
@@ -317,14 +451,16 @@ class HttpSession:
         ]
         if not keep or self.drain.draining:
             headers.append((b"connection", b"close"))
+            self._linger = not keep
         try:
-            await _send(
-                self.conn, self.stream, h11.Response(status_code=status, headers=headers, reason=_reason(status))
+            response = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+            data = b"".join(
+                self.conn.send(event) or b"" for event in (response, h11.Data(data=body), h11.EndOfMessage())
             )
-            await _send(self.conn, self.stream, h11.Data(data=body))
-            await _send(self.conn, self.stream, h11.EndOfMessage())
+            await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.LocalProtocolError):
             return False
+        self._bytes_out += len(data)
         return keep and not self.drain.draining
 
     async def _discard_body(self) -> bool:
@@ -332,37 +468,76 @@ class HttpSession:
         seen = 0
         try:
             while self.conn.their_state is h11.SEND_BODY:
-                event = await _read_event(self.conn, self.stream, self.limits.body_idle_timeout)
+                event = await self._read_body_event()
                 if isinstance(event, h11.Data):
                     seen += len(event.data)
                     if seen > _MAX_DISCARD:
                         return False
                 elif not isinstance(event, h11.EndOfMessage):
                     return False
-        except (h11.RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError):
+        except (_ClientFault, _ClientGone):
             return False
         return True
 
-    def _upstream_headers(self, req: h11.Request, rid: str, upgrade: bool) -> list[tuple[bytes, bytes]]:
-        headers = list(req.headers)
-        out = _strip_hop_by_hop(headers)
-        out = [(k, v) for k, v in out if k not in (b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id")]
-        forwarded_for = _header(headers, b"x-forwarded-for")
-        peer_ip = self.client.peer.rsplit(":", 1)[0].strip("[]").encode()
-        out.append((b"x-forwarded-for", forwarded_for + b", " + peer_ip if forwarded_for else peer_ip))
+    async def _read_body_event(self) -> object:
+        """The client's next body event, within the idle and the whole-body deadlines."""
+        conn = self.conn
+        try:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                timeout, whole = body_wait(self.limits, self._body_waited, self._body_received)
+                began = trio.current_time()
+                try:
+                    with trio.fail_after(timeout):
+                        while event is h11.NEED_DATA:
+                            data = await self.stream.receive_some(CHUNK)
+                            if not data:
+                                raise _ClientGone("client closed mid-body")
+                            conn.receive_data(bytes(data))
+                            event = conn.next_event()
+                finally:
+                    self._body_waited += trio.current_time() - began
+        except trio.TooSlowError:
+            if whole:
+                message = (
+                    f"request body too slow: {self._body_received} bytes in {self._body_waited:.3g} s "
+                    f"(allowed: {self.limits.request_timeout:g} s plus 1 s per {self.limits.body_min_rate:g} bytes)"
+                )
+            else:
+                message = f"request body stalled: nothing for {self.limits.body_idle_timeout:g} s"
+            raise _ClientFault(408, "request_timeout", message) from None
+        except h11.RemoteProtocolError as exc:
+            raise _ClientFault(exc.error_status_hint, "bad_request", f"malformed request body: {exc}") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise _ClientGone(str(exc) or "client connection broke") from None
+        if isinstance(event, h11.Data):
+            self._body_received += len(event.data)
+        return event
+
+    def _upstream_headers(self, head: RequestHead, rid: str, upgrade: bool) -> list[tuple[bytes, bytes]]:
+        listed = head.connection
+        out = [
+            (k, v)
+            for k, v in head.headers
+            if k not in _HOP_BY_HOP
+            and k not in _CLIENT_CLAIMS
+            and k not in listed
+            and not k.startswith(b"x-forwarded-")
+        ]
+        out.append((b"x-forwarded-for", self._peer_ip))
         out.append((b"x-forwarded-proto", self.client.scheme.encode()))
+        out.append((b"x-forwarded-host", head.host))
         out.append((b"x-request-id", rid.encode()))
         if upgrade:
             out.append((b"connection", b"upgrade"))
-            out.append((b"upgrade", _header(headers, b"upgrade") or b""))
+            out.append((b"upgrade", head.upgrade or b""))
         return out
 
-    async def _forward(self, req: h11.Request, fwd: Forward, rid: str) -> tuple[int, bool]:
-        upgrade = _is_upgrade(req)
-        out_req = h11.Request(method=req.method, target=req.target, headers=self._upstream_headers(req, rid, upgrade))
+    async def _forward(self, req: h11.Request, head: RequestHead, fwd: Forward, rid: str) -> tuple[int, bool]:
+        upgrade = head.is_upgrade
+        out_req = h11.Request(method=req.method, target=req.target, headers=self._upstream_headers(head, rid, upgrade))
         has_body = self.conn.their_state is h11.SEND_BODY and (
-            _header(list(req.headers), b"transfer-encoding") is not None
-            or (_header(list(req.headers), b"content-length") or b"0") != b"0"
+            head.transfer_encoding is not None or (head.content_length or b"0") != b"0"
         )
         up = await self._connect(fwd)
         try:
@@ -458,10 +633,7 @@ class HttpSession:
 
     async def _pump_request_body(self, up: UpstreamConnection) -> None:
         while self.conn.their_state is h11.SEND_BODY:
-            try:
-                event = await _read_event(self.conn, self.stream, self.limits.body_idle_timeout)
-            except (h11.RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-                raise _ClientGone(str(exc)) from None
+            event = await self._read_body_event()
             if isinstance(event, h11.Data | h11.EndOfMessage):
                 try:
                     await _send(up.conn, up.stream, event)
@@ -507,6 +679,7 @@ class HttpSession:
                 data = bytes(pending)
                 pending.clear()
                 await self.stream.send_all(data)
+                self._bytes_out += len(data)
 
         await self._await_answer(up, fwd)
         while True:
@@ -570,10 +743,14 @@ class HttpSession:
         try:
             if upstream_rest:
                 await self.stream.send_all(upstream_rest)
+                self._bytes_out += len(upstream_rest)
             if client_rest:
                 await up.stream.send_all(client_rest)
+                self._tunnelled_in += len(client_rest)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await self.pool.discard(up)
             return
-        await splice(self.stream, up.stream, idle_timeout=self.limits.tunnel_idle_timeout)
+        to_upstream, to_client = await splice(self.stream, up.stream, idle_timeout=self.limits.tunnel_idle_timeout)
+        self._tunnelled_in += to_upstream
+        self._bytes_out += to_client
         await self.pool.discard(up)

@@ -2,31 +2,57 @@
 
 One port takes both, because the JS SDK talks plain HTTP to `*.localhost` while
 everything else uses TLS: the first byte decides (0x16 opens a TLS handshake
-record; an HTTP method starts with a letter).
+record; an HTTP method starts with a letter). A TLS connection's ClientHello is
+read whole and parsed (gateway/tls/clienthello.py) before the handshake, for its
+SNI: a request whose Host is not that name is refused with 421 (gateway/tls/names.py).
+
+Caps, per gateway process (the workers of appliance/workers.py each count their own):
+
+- connections in all: at `max_connections` the process stops accepting, so the
+  kernel hands new connections to a sibling process that has room, or queues them
+  until a connection here ends (nginx stops accepting the same way). Closing them
+  instead would steal them from siblings with room.
+- connections per client address (IPv4 address or IPv6 /64): beyond
+  `max_per_address` a new connection is closed at once, before a byte is read;
+  every other client keeps being served.
+- exchanges per sandbox: see gateway/proxy.py (503).
+
+The TLS certificate can be replaced while serving (`use_tls`, on SIGHUP): a
+handshake uses the certificate current when it starts, so open connections keep
+theirs and new ones get the new one.
 """
 
 from __future__ import annotations
 
-import ssl
 import traceback
 from dataclasses import dataclass, field
 
 import trio
 
 from appliance import log
+from gateway.caps import Counts, address_key
 from gateway.drain import Drain
-from gateway.proxy import ClientInfo, HttpLimits, HttpSession, Router
+from gateway.limits import ConnectionLimits, HttpLimits
+from gateway.proxy import ClientInfo, HttpSession, Router
+from gateway.routing.hosts import InvalidHost, normalise_host
 from gateway.streams import PrefixedStream
-from gateway.tls.clienthello import looks_like_tls
+from gateway.tls.clienthello import NEED_MORE_DATA, ClientHello, ClientHelloReader, NotClientHello, looks_like_tls
+from gateway.tls.identity import ServerTls
 from gateway.upstream import Pool
+
+_SNIFF = 4096
+# A process at its cap says so at most this often (seconds), not at every connection.
+_FULL_LOG_EVERY = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class GatewayLimits:
     sniff_timeout: float = 10.0
+    # The whole ClientHello and the handshake after it.
     handshake_timeout: float = 10.0
     drain_timeout: float = 10.0
     http: HttpLimits = field(default_factory=HttpLimits)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 class Gateway:
@@ -34,7 +60,7 @@ class Gateway:
         self,
         *,
         router: Router,
-        ssl_context: ssl.SSLContext,
+        tls: ServerTls,
         pool: Pool,
         limits: GatewayLimits = GatewayLimits(),
         worker: int = 0,
@@ -42,54 +68,95 @@ class Gateway:
         self.router = router
         # Which gateway process this is (0: the appliance's own), for the access log.
         self.worker = worker
-        self.ssl_context = ssl_context
+        self.tls = tls
         self.pool = pool
         self.limits = limits
         self.drain = Drain()
+        self._open = 0  # client connections accepted and not yet closed
+        self._room: trio.Event | None = None  # set when `_open` drops below the cap
+        self._full_logged = -_FULL_LOG_EVERY
+        self._per_address: Counts[str] = Counts(limits.connections.max_per_address)
+        self._per_sandbox: Counts[str] = Counts(limits.http.max_exchanges_per_sandbox)
+
+    def use_tls(self, tls: ServerTls) -> None:
+        """Present `tls` to connections from now on; open ones keep what they were shown."""
+        self.tls = tls
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        peer = _peer(stream)
-        with self.drain.connection():
-            try:
-                await self._handle(stream, peer)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                log.event("gateway.connection_error", peer=peer, error=str(exc) or type(exc).__name__)
-            except Exception as exc:
-                # A bug met by one connection must not crash the nursery that holds every
-                # other connection and the listeners: log it and drop only this one.
+        host, peer = _peer(stream)
+        key = address_key(host)
+        try:
+            if not self._per_address.take(key):
                 log.event(
-                    "gateway.connection_crashed",
+                    "gateway.connection_refused",
                     peer=peer,
-                    error=repr(exc),
-                    traceback="".join(traceback.format_exception(exc)),
+                    reason="too_many_connections_from_address",
+                    limit=self._per_address.limit,
+                    worker=self.worker,
                 )
-            finally:
                 await trio.aclose_forcefully(stream)
+                return
+            try:
+                with self.drain.connection():
+                    await self._serve_connection(stream, peer)
+            finally:
+                self._per_address.give_back(key)
+        finally:
+            self._closed()
+
+    async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
+        try:
+            await self._handle(stream, peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.event("gateway.connection_error", peer=peer, error=str(exc) or type(exc).__name__)
+        except Exception as exc:
+            # A bug met by one connection must not crash the nursery that holds every
+            # other connection and the listeners: log it and drop only this one.
+            log.event(
+                "gateway.connection_crashed",
+                peer=peer,
+                error=repr(exc),
+                traceback="".join(traceback.format_exception(exc)),
+            )
+        finally:
+            await trio.aclose_forcefully(stream)
 
     async def _handle(self, stream: trio.SocketStream, peer: str) -> None:
         first = b""
         with trio.move_on_after(self.limits.sniff_timeout), self.drain.idle():
-            first = await stream.receive_some(4096)
+            first = await stream.receive_some(_SNIFF)
         if not first:
             return
-        client: trio.abc.Stream = PrefixedStream(stream, first)
-        scheme = "http"
-        if looks_like_tls(first[0]):
-            tls = trio.SSLStream(client, self.ssl_context, server_side=True, https_compatible=True)
-            try:
-                with trio.fail_after(self.limits.handshake_timeout):
-                    await tls.do_handshake()
-            except (trio.BrokenResourceError, trio.TooSlowError) as exc:
-                log.event("gateway.tls_failed", peer=peer, error=_tls_error(exc))
-                return
-            client, scheme = tls, "https"
+        if not looks_like_tls(first[0]):
+            client = ClientInfo(peer=peer, scheme="http")
+            await self._serve_http(PrefixedStream(stream, first), client)
+            return
+        tls = self.tls  # this connection's, whatever a reload does meanwhile
+        got: tuple[trio.SSLStream[PrefixedStream], ClientHello] | str
+        with trio.move_on_after(self.limits.handshake_timeout) as waited:
+            got = await _handshake(stream, first, tls)
+        if waited.cancelled_caught:
+            got = f"no complete TLS handshake within {self.limits.handshake_timeout:g} s"
+        if isinstance(got, str):
+            log.event("gateway.tls_failed", peer=peer, error=got, worker=self.worker)
+            return
+        ssl_stream, hello = got
+        client = ClientInfo(peer=peer, scheme="https", sni=_sni(hello), cert_names=tls.names)
+        await self._serve_http(ssl_stream, client)
+
+    async def _serve_http(self, stream: trio.abc.Stream, client: ClientInfo) -> None:
         session = HttpSession(
-            client,
-            client=ClientInfo(peer=peer, scheme=scheme),
+            stream,
+            client=client,
             router=self.router,
             pool=self.pool,
             drain=self.drain,
             limits=self.limits.http,
+            exchanges=self._per_sandbox,
             worker=self.worker,
         )
         await session.run()
@@ -120,7 +187,16 @@ class Gateway:
         await self.pool.close_all()
 
     async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        cap = self.limits.connections.max_connections
         while True:
+            while self._open >= cap:
+                if self._room is None:
+                    self._room = trio.Event()
+                    now = trio.current_time()
+                    if now - self._full_logged >= _FULL_LOG_EVERY:
+                        self._full_logged = now
+                        log.event("gateway.at_capacity", open_connections=self._open, limit=cap, worker=self.worker)
+                await self._room.wait()
             try:
                 stream = await listener.accept()
             except OSError as exc:
@@ -128,16 +204,60 @@ class Gateway:
                 log.event("gateway.accept_error", error=str(exc))
                 await trio.sleep(0.1)
                 continue
+            # Counted here, not in the task: the next accept must see it.
+            self._open += 1
             connections.start_soon(self.handle, stream)
 
+    def _closed(self) -> None:
+        self._open -= 1
+        if self._room is not None and self._open < self.limits.connections.max_connections:
+            self._room.set()
+            self._room = None
 
-def _peer(stream: trio.SocketStream) -> str:
+
+async def _handshake(
+    stream: trio.SocketStream, first: bytes, tls: ServerTls
+) -> tuple[trio.SSLStream[PrefixedStream], ClientHello] | str:
+    """Read the client's whole ClientHello, then complete the handshake; or say why not."""
+    reader = ClientHelloReader()
+    data = first
+    try:
+        while (hello := reader.feed(data)) is NEED_MORE_DATA:
+            data = await stream.receive_some(_SNIFF)
+            if not data:
+                return "the client closed before its ClientHello ended"
+    except NotClientHello as exc:
+        return f"not a TLS ClientHello: {exc.reason}"
+    assert isinstance(hello, ClientHello)
+    # The TLS engine reads the ClientHello again from the start.
+    ssl_stream = trio.SSLStream(
+        PrefixedStream(stream, reader.received), tls.context, server_side=True, https_compatible=True
+    )
+    try:
+        await ssl_stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        return _tls_error(exc)
+    return ssl_stream, hello
+
+
+def _sni(hello: ClientHello) -> str | None:
+    if hello.sni is None:
+        return None
+    try:
+        return normalise_host(hello.sni)
+    except InvalidHost:
+        # Kept as sent: no Host can equal it, so every request on it is misdirected.
+        return hello.sni
+
+
+def _peer(stream: trio.SocketStream) -> tuple[str, str]:
+    """(address, "address:port") of the client."""
     try:
         addr = stream.socket.getpeername()
     except OSError:
-        return "?"
+        return "?", "?"
     host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _tls_error(exc: BaseException) -> str:

@@ -52,12 +52,13 @@ def _half_closeable(stream: trio.abc.Stream) -> bool:
     return isinstance(stream, trio.abc.HalfCloseableStream)
 
 
-async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, activity: _Activity) -> bool:
-    """Copy until `src` ends; return whether `dst` could be told of the end."""
+async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, activity: _Activity, moved: list[int]) -> bool:
+    """Copy until `src` ends, counting into `moved[0]`; return whether `dst` could be told of the end."""
     try:
         while data := await src.receive_some(CHUNK):
             activity.last = trio.current_time()
             await dst.send_all(data)
+            moved[0] += len(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     # Pass the half-close on where the transport can say it (TCP). TLS cannot: its
@@ -69,28 +70,31 @@ async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, activity: _Activity)
     return True
 
 
-async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float) -> None:
-    """Copy bytes both ways until both directions end, or nothing moved for idle_timeout.
+async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float) -> tuple[int, int]:
+    """Copy bytes both ways until both directions end, or nothing moved for idle_timeout;
+    return the bytes copied from a to b and from b to a (for the access log).
 
     A direction that ends into a stream that cannot be half-closed (TLS) ends both.
     Idleness is measured across both directions together: a WebSocket that only
     ever talks one way is busy, not idle.
     """
     activity = _Activity()
+    a_to_b, b_to_a = [0], [0]
     async with trio.open_nursery() as nursery:
         done = 0
 
-        async def pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+        async def pump(src: trio.abc.Stream, dst: trio.abc.Stream, moved: list[int]) -> None:
             nonlocal done
-            told = await _pump(src, dst, activity)
+            told = await _pump(src, dst, activity, moved)
             done += 1
             if done == 2 or not told:
                 nursery.cancel_scope.cancel()
 
-        nursery.start_soon(pump, a, b)
-        nursery.start_soon(pump, b, a)
+        nursery.start_soon(pump, a, b, a_to_b)
+        nursery.start_soon(pump, b, a, b_to_a)
         while True:
             await trio.sleep_until(activity.last + idle_timeout)
             if trio.current_time() >= activity.last + idle_timeout:
                 nursery.cancel_scope.cancel()
-                return
+                break
+    return a_to_b[0], b_to_a[0]

@@ -28,7 +28,8 @@ import wsproto.events as ws
 from gateway.access import Forward, Refuse, Verdict
 from gateway.proxy import HttpLimits
 from gateway.server import Gateway, GatewayLimits
-from gateway.tls.context import client_context, server_context
+from gateway.tls.context import client_context
+from gateway.tls.identity import ServerTls, load_server_tls
 from gateway.upstream import Pool, TcpAddress
 
 DEADLINE = 2.0
@@ -43,8 +44,8 @@ CERT.private_key_pem.write_to_path(str(KEY_PEM))
 Headers = list[tuple[bytes, bytes]]
 
 
-def server_ssl_context() -> ssl.SSLContext:
-    return server_context(CERT_PEM, KEY_PEM)
+def server_tls() -> ServerTls:
+    return load_server_tls(CERT_PEM, KEY_PEM)
 
 
 def client_ssl_context() -> ssl.SSLContext:
@@ -225,10 +226,12 @@ def quick_limits(**http: float) -> GatewayLimits:
 
 
 @asynccontextmanager
-async def running_gateway(routes: dict[str, Verdict], *, limits: GatewayLimits | None = None) -> AsyncIterator[Running]:
+async def running_gateway(
+    routes: dict[str, Verdict], *, limits: GatewayLimits | None = None, tls: ServerTls | None = None
+) -> AsyncIterator[Running]:
     gateway = Gateway(
         router=router_for(routes),
-        ssl_context=server_ssl_context(),
+        tls=tls or server_tls(),
         pool=Pool(idle_timeout=30.0, connect_timeout=1.0),
         limits=limits or quick_limits(),
     )
@@ -324,8 +327,13 @@ async def test_request_head_and_forwarding_headers_reach_upstream_hop_by_hop_str
                     (b"host", b"alpha.test"),
                     (b"x-custom", b"kept"),
                     (b"authorization", b"Bearer t"),
+                    # a client's claims of where the request came from are dropped, not trusted
                     (b"x-forwarded-for", b"10.1.2.3"),
-                    (b"x-forwarded-proto", b"https"),  # a client's claim is replaced, not trusted
+                    (b"x-forwarded-proto", b"https"),
+                    (b"x-forwarded-host", b"evil.test"),
+                    (b"x-forwarded-port", b"444"),
+                    (b"forwarded", b"for=10.9.9.9"),
+                    (b"x-real-ip", b"10.8.8.8"),
                     (b"x-request-id", b"req-42"),
                     (b"connection", b"keep-alive, x-secret"),
                     (b"x-secret", b"listed in Connection"),
@@ -344,8 +352,11 @@ async def test_request_head_and_forwarding_headers_reach_upstream_hop_by_hop_str
             assert seen["host"] == ["alpha.test"]
             assert seen["x-custom"] == ["kept"]
             assert seen["authorization"] == ["Bearer t"]
-            assert seen["x-forwarded-for"] == ["10.1.2.3, 127.0.0.1"]
+            assert seen["x-forwarded-for"] == ["127.0.0.1"]
             assert seen["x-forwarded-proto"] == ["http"]
+            assert seen["x-forwarded-host"] == ["alpha.test"]
+            for claim in ("x-forwarded-port", "forwarded", "x-real-ip"):
+                assert claim not in seen, claim
             assert seen["x-request-id"] == ["req-42"]
             for hop in ("connection", "x-secret", "keep-alive", "proxy-connection", "te", "trailer"):
                 assert hop not in seen, hop
