@@ -27,8 +27,10 @@ unit: setup
 e2e: setup
 	$(VENV)/bin/pytest tests/e2e
 
+# Side by side with nginx and raw Podman (about 8 minutes); writes bench/RESULTS.md.
 bench: setup
-	$(PY) -m bench
+	bash scripts/bench-setup.sh
+	$(PY) -m bench --results bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

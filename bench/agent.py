@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import load
+from bench import procs
 from bench.client import Connection, Target
 from bench.env import BenchAppliance, podman
 from bench.stats import median, percentile, ratio, summary
@@ -110,6 +110,7 @@ class AgentResult:
     memory_kb: dict[str, dict[str, int]] = field(default_factory=dict)
     sandbox: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
     def cpu_us_per_call(self) -> dict[str, dict[str, float | None]]:
         return {
@@ -215,6 +216,7 @@ class AgentResult:
             "goals": self.goals(),
             "sandbox": self.sandbox,
             "notes": self.notes,
+            "failed": self.failed,
         }
 
 
@@ -274,6 +276,14 @@ def _status_kb(container: str) -> dict[str, int]:
     return out
 
 
+def _meters(pids: dict[str, Callable[[], list[int]]]) -> dict[str, procs.CpuMeter]:
+    """Started CPU meters, one per party, on its processes of the moment."""
+    meters = {who: procs.CpuMeter(find()) for who, find in pids.items()}
+    for meter in meters.values():
+        meter.start()
+    return meters
+
+
 def _rotated(items: list[str], i: int) -> list[str]:
     k = i % len(items)
     return items[k:] + items[:k]
@@ -283,7 +293,10 @@ def _rotated(items: list[str], i: int) -> list[str]:
 
 
 def _commands(
-    calls: dict[str, Callable[[], object]], plan: AgentPlan, result: AgentResult, pids: dict[str, list[int]]
+    calls: dict[str, Callable[[], object]],
+    plan: AgentPlan,
+    result: AgentResult,
+    pids: dict[str, Callable[[], list[int]]],
 ) -> None:
     for name, call in calls.items():
         for _ in range(plan.warmup if name != "podman exec" else 2):
@@ -294,15 +307,15 @@ def _commands(
             n = plan.exec_block if name == "podman exec" else plan.cmd_block
             samples = result.cmd_ms.setdefault(name, [])
             cpu = result.cpu_s.setdefault(name, {})
-            before = {who: load.cpu_seconds(p) for who, p in pids.items()}
+            meters = _meters(pids)
             client0 = time.process_time()
             for _ in range(n):
                 t0 = time.perf_counter()
                 call()
                 samples.append((time.perf_counter() - t0) * 1000)
             cpu["client"] = cpu.get("client", 0.0) + time.process_time() - client0
-            for who, p in pids.items():
-                cpu[who] = cpu.get(who, 0.0) + load.cpu_seconds(p) - before[who]
+            for who, meter in meters.items():
+                cpu[who] = cpu.get(who, 0.0) + meter.stop()
             result.calls[name] = result.calls.get(name, 0) + n
 
 
@@ -328,7 +341,7 @@ def _transfer(
     plan: AgentPlan,
     result: AgentResult,
     host_dir: Path,
-    pids: dict[str, list[int]],
+    pids: dict[str, Callable[[], list[int]]],
 ) -> None:
     size = plan.transfer_mb * MB
     data = os.urandom(size)
@@ -365,7 +378,7 @@ def _transfer(
         return got
 
     def timed(name: str, way: str, action: Callable[[], object]) -> tuple[float, object]:
-        before = {who: load.cpu_seconds(p) for who, p in pids.items()}
+        meters = _meters(pids)
         client0 = time.process_time()
         t0 = time.perf_counter()
         out = action()
@@ -373,8 +386,8 @@ def _transfer(
         busy = result.busy.setdefault(name, {}).setdefault(way, {})
         if name != "podman cp":  # its client is the podman CLI, another process
             busy.setdefault("client", []).append((time.process_time() - client0) / elapsed)
-        for who, p in pids.items():
-            busy.setdefault(who, []).append((load.cpu_seconds(p) - before[who]) / elapsed)
+        for who, meter in meters.items():
+            busy.setdefault(who, []).append(meter.stop() / elapsed)
         return elapsed, out
 
     for i in range(plan.transfer_rounds):
@@ -419,7 +432,12 @@ def run(app: BenchAppliance, plan: AgentPlan, *, log: Callable[[str], None] = pr
                 raise RuntimeError(f"sandbox {sbx.sandbox_id} has no container IP")
             direct = _direct_sandbox(sbx, ip)
             token = str(sbx.connection_config.headers.get("X-Access-Token", ""))
-            pids = {"gateway": [app.process.pid] if app.process else [], "agent": [agent_pid]}
+            app_pid = app.process.pid if app.process else None
+            pids: dict[str, Callable[[], list[int]]] = {
+                # Looked up at each measurement: the gateway's worker processes may be replaced.
+                "gateway": lambda: procs.same_program(app_pid) if app_pid else [],
+                "agent": lambda: [agent_pid],
+            }
 
             calls: dict[str, Callable[[], object]] = {
                 "sdk gateway": lambda: sbx.commands.run("true"),
@@ -442,7 +460,11 @@ def run(app: BenchAppliance, plan: AgentPlan, *, log: Callable[[str], None] = pr
                 "http direct": Target("http direct", ip, AGENT_PORT, f"{ip}:{AGENT_PORT}"),
             }
             sdks = {"sdk gateway": sbx, "sdk direct": direct}
-            _transfer(sdks, lean, token, container, plan, result, host_dir, pids)
+            try:
+                _transfer(sdks, lean, token, container, plan, result, host_dir, pids)
+            except Exception as exc:  # keep the command numbers; say what broke
+                log(f"agent: transfers failed: {exc!r}")
+                result.failed.append(f"transfers: {exc!r}"[:300])
 
             time.sleep(1.0)  # let the agent settle to idle
             result.memory_kb["after"] = _status_kb(container)

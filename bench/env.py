@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import procs
 from tests.e2e.appliance import DOMAIN, REPO, SCALEBOX, Appliance, podman
 
 __all__ = ["DOMAIN", "REPO", "BenchAppliance", "podman", "remove_labelled", "running_appliance"]
@@ -30,13 +31,19 @@ LABEL_MANAGED = "io.scalebox.managed"
 LABEL_INSTANCE = "io.scalebox.instance"
 
 
+# Appliance settings the bench decides itself, not the caller's environment.
+CONTROLLED_ENV = ("SCALEBOX_WARM_POOL",)
+
+
 @dataclass
 class BenchAppliance(Appliance):
     log_path: Path = field(default_factory=lambda: Path("/dev/null"))
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self, timeout: float = 60.0) -> None:
         self.log_path = self.data_dir / "appliance.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {k: v for k, v in os.environ.items() if k not in CONTROLLED_ENV}
+        env.update(PYTHONUNBUFFERED="1", **self.extra_env)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [str(SCALEBOX), "serve", "--data-dir", str(self.data_dir), "--domain", DOMAIN,
@@ -107,10 +114,11 @@ def _podman_service_pids(data_dir: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def running_appliance() -> Iterator[BenchAppliance]:
-    """A fresh appliance on a short temporary data dir; everything it started is gone after."""
+def running_appliance(extra_env: dict[str, str] | None = None) -> Iterator[BenchAppliance]:
+    """A fresh appliance on a short temporary data dir (with these extra environment
+    variables); everything it started is gone after."""
     data_dir = Path(tempfile.mkdtemp(prefix="sbx-", dir="/tmp"))
-    app = BenchAppliance(data_dir=data_dir)
+    app = BenchAppliance(data_dir=data_dir, extra_env=dict(extra_env or {}))
     try:
         app.start()
         yield app
@@ -118,6 +126,10 @@ def running_appliance() -> Iterator[BenchAppliance]:
         instance = None
         with contextlib.suppress(OSError):
             instance = app.instance_id
+        # Its worker processes, to end by pid should any outlive it.
+        workers = []
+        if app.process is not None and app.process.poll() is None:
+            workers = [(p, procs.start_time(p)) for p in procs.same_program(app.process.pid)[1:]]
         if app.process is not None and app.process.poll() is None:
             try:
                 app.stop(timeout=20)
@@ -125,6 +137,10 @@ def running_appliance() -> Iterator[BenchAppliance]:
                 app.kill()
         if instance:
             remove_labelled(LABEL_INSTANCE, instance)
+        for pid, started in workers:
+            if started is not None and procs.start_time(pid) == started:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         # A service left behind (the appliance was killed) is ended by its pid.
         for pid in _podman_service_pids(data_dir):
             with contextlib.suppress(OSError):

@@ -9,17 +9,13 @@ are marked as client-bound.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from bench.client import Target
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -30,10 +26,12 @@ class LoadResult:
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     tool: str
+    non_2xx: int = 0  # among `requests` (and in `errors`)
 
     @property
     def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
+        """Successful (2xx or 3xx) responses per second."""
+        return (self.requests - self.non_2xx) / self.seconds if self.seconds else 0.0
 
 
 def wrk_path() -> str | None:
@@ -53,11 +51,12 @@ def parse_wrk(text: str) -> LoadResult:
     if not m:
         raise ValueError(f"unexpected wrk output:\n{text}")
     seconds = float(m.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(3)]
-    errors = 0
+    errors = non_2xx = 0
     if e := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text):
         errors += sum(int(x) for x in e.groups())
     if e := re.search(r"Non-2xx or 3xx responses: (\d+)", text):
-        errors += int(e.group(1))
+        non_2xx = int(e.group(1))
+        errors += non_2xx
     p50 = re.search(r"^\s+50%\s+(\S+)", text, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
     return LoadResult(
@@ -67,13 +66,25 @@ def parse_wrk(text: str) -> LoadResult:
         latency_p50_ms=_to_ms(p50.group(1)) if p50 else None,
         latency_p99_ms=_to_ms(p99.group(1)) if p99 else None,
         tool="wrk",
+        non_2xx=non_2xx,
     )
 
 
-def run_wrk(target: Target, *, connections: int, seconds: int) -> LoadResult:
+def wrk_command(
+    wrk: str, target: Target, *, connections: int, seconds: int, threads: int = 1, close: bool = False
+) -> list[str]:
+    """The wrk command line; `close` sends `Connection: close` (a new connection, and over
+    https a full TLS handshake, per request: wrk does not resume sessions)."""
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    return [*cmd, target.url]
+
+
+def run_wrk(target: Target, *, connections: int, seconds: int, threads: int = 1, close: bool = False) -> LoadResult:
     wrk = wrk_path()
     assert wrk is not None
-    cmd = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", target.url]
+    cmd = wrk_command(wrk, target, connections=connections, seconds=seconds, threads=threads, close=close)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
@@ -116,33 +127,9 @@ def run_python(target: Target, *, connections: int, seconds: int) -> LoadResult:
     return LoadResult(counts[0], elapsed, errors[0], None, None, "python-asyncio (client-bound)")
 
 
-def run_load(target: Target, *, connections: int, seconds: int) -> LoadResult:
+def run_load(target: Target, *, connections: int, seconds: int, close: bool = False) -> LoadResult:
     if wrk_path():
-        return run_wrk(target, connections=connections, seconds=seconds)
+        return run_wrk(target, connections=connections, seconds=seconds, close=close)
+    if close:
+        raise RuntimeError("new-connection load needs wrk (apt-get install wrk)")
     return run_python(target, connections=connections, seconds=seconds)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """user+system CPU time so far of these processes (those that still exist)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / _CLK_TCK
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return out

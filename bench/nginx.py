@@ -1,8 +1,10 @@
-"""nginx as the reference reverse proxy: same certificate, same upstream, one worker.
+"""nginx as the reference reverse proxy: same certificate, same upstream.
 
 Started from a config written to a temporary prefix (nothing under /etc/nginx is
 read or written), in the foreground as a child of this process, and stopped by
-its pid. One worker process, because the gateway is one Trio thread.
+its pid. `worker_processes auto` (one worker per core), as nginx is deployed:
+the baseline is nginx as people run it, whatever the gateway's own process model.
+Upstream connections are kept alive and WebSocket upgrades are passed through.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.load import children
+from bench.procs import children
 
 MISSING = "nginx not installed: apt-get install nginx"
 
+WORKERS = "auto"
+
 CONFIG = """\
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -35,9 +39,13 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
 
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        "" "";
+    }}
     upstream sandbox {{
         server {upstream};
-        keepalive 32;
+        keepalive 1024;
         keepalive_requests 1000000;
     }}
     server {{
@@ -53,7 +61,8 @@ http {{
         location / {{
             proxy_pass http://sandbox;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
@@ -79,7 +88,13 @@ class Nginx:
         self.prefix = Path(tempfile.mkdtemp(prefix="bench-nginx-", dir="/tmp"))
         self.plain_port, self.tls_port = plain_port, tls_port
         self.config_text = CONFIG.format(
-            prefix=self.prefix, upstream=upstream, plain_port=plain_port, tls_port=tls_port, cert=cert, key=key
+            prefix=self.prefix,
+            workers=WORKERS,
+            upstream=upstream,
+            plain_port=plain_port,
+            tls_port=tls_port,
+            cert=cert,
+            key=key,
         )
         self.config = self.prefix / "nginx.conf"
         self.config.write_text(self.config_text)
@@ -114,7 +129,10 @@ class Nginx:
     @property
     def pids(self) -> list[int]:
         """The master and its workers (for CPU accounting)."""
-        return [self.process.pid, *self.workers] if self.process else []
+        if self.process is None:
+            return []
+        self.workers = children(self.process.pid) or self.workers
+        return [self.process.pid, *self.workers]
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

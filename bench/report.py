@@ -1,34 +1,11 @@
-"""The compact text table of one run."""
+"""The text tables of one run: one per phase, printed and embedded in RESULTS.md."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from bench.gateway import GatewayResult, headline
-from bench.stats import median, ratio
-
-# Rows measured once per round (a few seconds per target, targets rotated within
-# the round): their ratios are the median of per-round ratios, which cancels
-# most of the drift of a shared machine between rounds.
-PER_ROUND = {"rps": "rps", "load_p99_ms": "load_p99_ms", "cpu_us_per_req": "proxy_cpu_us_per_req",
-             "transfer_mib_s": "transfer_mib_s"}  # fmt: skip
-
-ROWS = [
-    ("latency p50 ms (keep-alive, sequential)", "latency_p50_ms", "{:.3f}"),
-    ("latency p99 ms (keep-alive, sequential)", "latency_p99_ms", "{:.3f}"),
-    ("new connection + GET p50 ms (Conn: close)", "connect_p50_ms", "{:.3f}"),
-    ("throughput req/s (8 connections)", "rps", "{:.0f}"),
-    ("latency p99 ms under that load", "load_p99_ms", "{:.2f}"),
-    ("proxy CPU us per request", "cpu_us_per_req", "{:.1f}"),
-    ("large download MiB/s", "transfer_mib_s", "{:.0f}"),
-]
-PAIRS = [
-    ("gw http / nginx http", "gateway http", "nginx http"),
-    ("gw https / nginx https", "gateway https", "nginx https"),
-    ("gw http / direct", "gateway http", "direct"),
-    ("gw https / direct", "gateway https", "direct"),
-]
+GW_TARGETS = ["direct", "nginx http", "nginx https", "gateway http", "gateway https"]
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -37,75 +14,148 @@ def _fmt(value: float | None, spec: str) -> str:
     return spec.format(value)
 
 
-def paired_ratio(result: GatewayResult, key: str, a: str, b: str) -> float | None:
-    """Median over rounds of a/b for a per-round metric; ratio of medians otherwise."""
-    if key in PER_ROUND:
-        samples: dict[str, list[float]] = getattr(result, PER_ROUND[key])
-        pairs = [ratio(x, y) for x, y in zip(samples.get(a, []), samples.get(b, []), strict=False)]
-        values = [r for r in pairs if r is not None]
-        return median(values) if values else None
-    heads = headline(result)
-    return ratio(heads[a][key], heads[b][key])
-
-
-def ratios(result: GatewayResult) -> dict[str, dict[str, float | None]]:
-    """Every row's ratio for every pair of targets present, as the table shows them."""
-    present = set(result.targets)
-    return {
-        label: {key: paired_ratio(result, key, a, b) for _, key, _ in ROWS}
-        for label, a, b in PAIRS
-        if a in present and b in present
-    }
+def _grid(title: str, names: list[str], rows: list[tuple[str, list[str]]], width: int = 30) -> list[str]:
+    lines = [title, "  " + " " * width + "".join(f"{n:>15}" for n in names)]
+    lines += [f"  {label:{width}}" + "".join(f"{c:>15}" for c in cells) for label, cells in rows]
+    return lines
 
 
 def create_table(data: dict[str, Any]) -> str:
     n = data["appliance_create"]["n"]
-    lines = [f"create to ready, then delete (n={n} each, interleaved; seconds)", f"  {'':38}{'median':>9}{'p90':>9}"]
+    lines = [
+        f"create to ready, then delete (n={n} each, interleaved; ms)",
+        f"  {'':44}{'p50':>9}{'p99':>9}",
+    ]
     for label, key in [
         ("appliance POST /v1/sandboxes (sync)", "appliance_create"),
-        ("raw podman run + answering", "raw_create"),
-        ("  of which `podman run -d` returned", "raw_run_returned"),
+        ("raw podman create + start + agent answers", "raw_create"),
+        ("  of which `podman create` returned", "raw_create_returned"),
+        ("  of which `podman start` returned", "raw_start_returned"),
         ("appliance DELETE", "appliance_delete"),
         ("raw podman rm -f -t 0", "raw_delete"),
     ]:
-        lines.append(f"  {label:38}{data[key]['median']:9.3f}{data[key]['p90']:9.3f}")
+        row = data[key]
+        lines.append(f"  {label:44}{_fmt(row['median'] * 1000, '{:.0f}'):>9}{_fmt(row['p99'] * 1000, '{:.0f}'):>9}")
     lines.append(
-        f"  {'ratio appliance/raw, create':38}{_fmt(data['ratio_create_median'], '{:.2f}x'):>9}"
-        f"{_fmt(data['ratio_create_p90'], '{:.2f}x'):>9}"
+        f"  {'ratio appliance/raw, create':44}{_fmt(data['ratio_create_median'], '{:.2f}x'):>9}"
+        f"{_fmt(data['ratio_create_p99'], '{:.2f}x'):>9}"
     )
-    lines.append(f"  {'ratio appliance/raw, delete':38}{_fmt(data['ratio_delete_median'], '{:.2f}x'):>9}")
+    lines.append(f"  {'ratio appliance/raw, delete':44}{_fmt(data['ratio_delete_median'], '{:.2f}x'):>9}")
+    if data.get("raw_command"):
+        lines.append("  raw: " + " ".join(data["raw_command"]))
     return "\n".join(lines)
 
 
-def gateway_table(result: GatewayResult) -> str:
-    heads = headline(result)
-    names = result.targets
-    width = 42
-    lines = [f"gateway vs nginx vs direct (medians over rounds; load tool: {result.load_tool or '-'})"]
-    lines.append("  " + " " * width + "".join(f"{n:>15}" for n in names))
-    for label, key, spec in ROWS:
-        lines.append(f"  {label:{width}}" + "".join(f"{_fmt(heads[n][key], spec):>15}" for n in names))
-    pairs = [p for p in PAIRS if p[1] in heads and p[2] in heads]
-    lines.append("")
-    lines.append("  ratios (latency, CPU: >1 is slower; req/s, MiB/s: <1 is slower; per-round rows: median of")
-    lines.append("  the per-round ratios)")
-    lines.append("  " + " " * width + "".join(f"{p[0]:>24}" for p in pairs))
-    for label, key, _ in ROWS:
-        cells = [_fmt(paired_ratio(result, key, a, b), "{:.2f}x") for _, a, b in pairs]
-        if key == "cpu_us_per_req":
-            cells = [c if b != "direct" else "-" for c, (_, _, b) in zip(cells, pairs, strict=True)]
-        lines.append(f"  {label:{width}}" + "".join(f"{c:>24}" for c in cells))
-    if result.gateway_internal_ms:
-        internal = sorted(result.gateway_internal_ms)
+def gateway_table(data: dict[str, Any]) -> str:
+    """`data` is `GatewayResult.to_json()`."""
+    summ = data["summary"]
+    names = [n for n in GW_TARGETS if n in data["targets"]]
+    lines = [f"gateway vs nginx vs direct (load tool: {data.get('load_tool') or '-'}; medians over rounds)"]
+    for conns, rows in summ["load"].items():
+        grid = [
+            ("req/s", [_fmt(rows.get(n, {}).get("rps"), "{:.0f}") for n in names]),
+            ("latency p50 ms", [_fmt(rows.get(n, {}).get("p50_ms"), "{:.2f}") for n in names]),
+            ("latency p99 ms", [_fmt(rows.get(n, {}).get("p99_ms"), "{:.2f}") for n in names]),
+            ("added p50 ms (vs direct)", [_fmt(rows.get(n, {}).get("added_p50_ms"), "{:.2f}") for n in names]),
+            ("added p99 ms (vs direct)", [_fmt(rows.get(n, {}).get("added_p99_ms"), "{:.2f}") for n in names]),
+            ("proxy CPU us per request", [_fmt(rows.get(n, {}).get("cpu_us_per_req"), "{:.1f}") for n in names]),
+            ("req/s ratio vs nginx", [_fmt(rows.get(n, {}).get("rps_ratio_vs_nginx"), "{:.2f}x") for n in names]),
+            ("errors (socket or non-2xx)", [str(rows.get(n, {}).get("errors", "-")) for n in names]),
+        ]
+        lines += ["", *_grid(f"  keep-alive, {conns} connections", names, grid)]
+    for key, what in (
+        ("handshakes", "new TLS handshakes/s, full (a fresh session per connection, GET, close)"),
+        ("resumed_handshakes", "TLS handshakes/s, resumed (wrk, Connection: close)"),
+    ):
+        hs = summ.get(key, {})
+        if not hs:
+            continue
         lines.append("")
-        lines.append(
-            f"  gateway's own logged time per request (gateway.request ms): median {internal[len(internal) // 2]:.3f}"
-        )
-    errors = {k: v for k, v in result.load_errors.items() if v}
-    if errors:
-        lines.append(f"  load errors (non-2xx or socket): {errors}")
-    lines += [f"  note: {n}" for n in result.notes]
+        lines.append(f"  {what}: ratio gateway/nginx {_fmt(hs.get('ratio'), '{:.2f}x')}")
+        for name in ("nginx https", "gateway https"):
+            v = hs.get(name)
+            if not isinstance(v, dict):
+                continue
+            extra = f", client CPU {_fmt(v.get('client_busy'), '{:.2f}')} s/s" if "client_busy" in v else ""
+            extra += f", {v['resumed']} resumed" if v.get("resumed") else ""
+            extra += f", {v['errors']} errors" if v.get("errors") else ""
+            lines.append(
+                f"    {name:15}{_fmt(v.get('per_s'), '{:.0f}'):>8}/s   proxy CPU"
+                f" {_fmt(v.get('proxy_cpu_us'), '{:.0f}')} us per handshake{extra}"
+            )
+    seq = summ["sequential"]
+    grid = [
+        ("keep-alive GET p50 ms", [_fmt(seq.get(n, {}).get("p50_ms"), "{:.3f}") for n in names]),
+        ("keep-alive GET p99 ms", [_fmt(seq.get(n, {}).get("p99_ms"), "{:.3f}") for n in names]),
+        ("new connection + GET p50 ms", [_fmt(seq.get(n, {}).get("connect_p50_ms"), "{:.3f}") for n in names]),
+        ("large download MiB/s", [_fmt(seq.get(n, {}).get("transfer_mib_s"), "{:.0f}") for n in names]),
+    ]
+    lines += ["", *_grid("  one request at a time (an idle machine)", names, grid)]
+    internal = data.get("gateway_internal_ms", {})
+    if internal.get("n"):
+        lines.append(f"  gateway's own logged time per request (gateway.request ms): median {internal['median']:.3f}")
+    lines += [f"  note: {n}" for n in data.get("notes", [])]
+    lines += [f"  FAILED: {f}" for f in data.get("failed", [])]
     return "\n".join(lines)
+
+
+def websocket_table(data: dict[str, Any]) -> str:
+    """`data` is `WsResult.to_json()`."""
+    summ, plan = data["summary"], data["plan"]
+    names = [n for n in GW_TARGETS if n in data["targets"]]
+    grid = [
+        ("messages/s", [_fmt(summ.get(n, {}).get("msgs_per_s"), "{:.0f}") for n in names]),
+        ("ratio vs nginx (paired rounds)", [_fmt(summ.get(n, {}).get("ratio_vs_nginx"), "{:.2f}x") for n in names]),
+        ("proxy CPU us per message", [_fmt(summ.get(n, {}).get("proxy_cpu_us_per_msg"), "{:.1f}") for n in names]),
+        ("client CPU s per wall s", [_fmt(summ.get(n, {}).get("client_busy"), "{:.2f}") for n in names]),
+    ]
+    title = (
+        f"WebSocket echo ({plan['message_bytes']}-byte binary messages, {plan['connections']} connections x "
+        f"{plan['window']} in flight, {plan['rounds']} x {plan['seconds']:g} s per target; medians)"
+    )
+    lines = _grid(title, names, grid)
+    verdict = (
+        "the client was the bottleneck (near a core busy): the proxies may be faster than shown"
+        if summ.get("client_bound")
+        else "the client was not the bottleneck (well under a core busy)"
+    )
+    lines.append(f"  note: {verdict}")
+    lines += [f"  FAILED: {f}" for f in data.get("failed", [])]
+    return "\n".join(lines)
+
+
+def memory_table(data: dict[str, Any]) -> str:
+    """`data` is `MemoryResult.to_json()`."""
+    summ = data["summary"]
+    n = summ["n"]
+    lines = [
+        f"memory per idle sandbox ({data['created']} of {data['requested']} created, measured {n}; MB = 10^6 bytes)",
+        f"  {'cgroup working set (usage - inactive file)':46}{_fmt(summ.get('cgroup_working_set_mb'), '{:.1f}'):>8}",
+        f"  {'  of which RSS':46}{_fmt(summ.get('cgroup_rss_mb'), '{:.1f}'):>8}",
+        f"  {'conmon PSS (outside the cgroup)':46}{_fmt(summ.get('conmon_pss_mb'), '{:.1f}'):>8}",
+        f"  {'per sandbox (working set + conmon)':46}{_fmt(summ.get('mb_per_sandbox'), '{:.1f}'):>8}",
+        f"  {'host MemAvailable drop / sandboxes (noisy)':46}{_fmt(summ.get('host_mb_per_sandbox'), '{:.1f}'):>8}",
+        f"  creates took {data['create_seconds']:.0f} s, deletes {data['delete_seconds']:.0f} s "
+        f"(cgroup {data.get('cgroup') or '-'})",
+    ]
+    if data.get("failed"):
+        lines.append(f"  {len(data['failed'])} creates failed, first: {data['failed'][0]}")
+    return "\n".join(lines)
+
+
+def warm_table(data: dict[str, Any]) -> str:
+    """`data` is `WarmResult.to_json()`."""
+    if not data["available"]:
+        return f"warm pool ({data['setting']}): not available: {data['reason']}"
+    c = data["create_s"]
+    return "\n".join(
+        [
+            f"warm pool ({data['setting']}): create to ready, each on a full pool (n={c['n']}; ms)",
+            f"  p50 {c['median'] * 1000:.1f}   p99 {c['p99'] * 1000:.1f}   min {c['min'] * 1000:.1f}"
+            f"   served by the pool: {data['hits']} of {c['n']}; pool first full after {data['fill_seconds']:.1f} s"
+            + (f"; {data['refill_timeouts']} rounds did not see a full pool" if data.get("refill_timeouts") else ""),
+        ]
+    )
 
 
 def agent_table(data: dict[str, Any]) -> str:
@@ -166,4 +216,5 @@ def agent_table(data: dict[str, Any]) -> str:
         verdict = "met" if goal["met"] else "MISSED"
         lines.append(f"  {label:{width + 4}}{_fmt(goal['value'], '{:.1f}'):>8}  goal {goal['goal']:<7} {verdict}")
     lines += [f"  note: {n}" for n in data.get("notes", [])]
+    lines += [f"  FAILED: {f}" for f in data.get("failed", [])]
     return "\n".join(lines)
