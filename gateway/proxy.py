@@ -628,6 +628,11 @@ class HttpSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             data = b""
         if not data:
+            if self.conn.our_state in (h11.DONE, h11.MUST_CLOSE):
+                # The response went out whole and the client closed after it, before the
+                # pump got round to noticing it was done: that is a normal end.
+                self.conn.receive_data(b"")
+                return
             raise _ClientGone("client closed before its response ended")
         self.conn.receive_data(bytes(data))  # a pipelined request: kept for the next cycle
 
