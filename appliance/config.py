@@ -106,7 +106,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=env("SCALEBOX_GATEWAY_PROCESSES", ""),
         metavar="N",
         help=f"processes serving the gateway port, this one included (env SCALEBOX_GATEWAY_PROCESSES;"
-        f" default 1, at most {MAX_GATEWAY_PROCESSES})",
+        f" default: one per CPU, at most {MAX_GATEWAY_PROCESSES})",
     )
     parser.add_argument(
         "--domain",
@@ -152,10 +152,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_gateway_processes() -> int:
-    """One, for now: with more, wrk counts a read error on every connection a worker
-    served (each logged request was answered 200); until that is understood, extra
-    gateway processes are opt-in. See the note on issue 6."""
-    return 1
+    """One per CPU, at most MAX_GATEWAY_PROCESSES: the gateway is CPU-bound Python."""
+    return max(1, min(os.cpu_count() or 1, MAX_GATEWAY_PROCESSES))
 
 
 def parse_gateway_processes(text: str) -> int:

@@ -13,8 +13,11 @@ appliance process, which remains the only writer.
 
 Lifecycle: the appliance restarts a worker that dies (after a pause), sends
 SIGTERM on shutdown and waits for the workers to drain. A worker dies with the
-appliance (PR_SET_PDEATHSIG): an appliance killed with -9 leaves no worker
-holding its port.
+appliance: it checks every PARENT_CHECK seconds that its parent is still the
+appliance, so an appliance killed with -9 leaves no worker holding its port.
+(Not PR_SET_PDEATHSIG: that fires when the parent *thread* that forked ends,
+and trio forks from a worker thread that exits after ten idle seconds: every
+worker was killed ten seconds after it started.)
 
 Certificate reload: SIGHUP to the appliance reloads its certificate and key
 files and is passed on to every worker, which reloads them too (`reload_tls`);
@@ -50,7 +53,7 @@ from gateway.tls.identity import load_server_tls
 from gateway.upstream import Pool, UnixAddress
 
 RESTART_PAUSE = 1.0
-PR_SET_PDEATHSIG = 1
+PARENT_CHECK = 0.5  # seconds between checks that the appliance is still there
 # A worker's first instruction: SIGHUP's default action is to terminate, and the
 # appliance passes SIGHUP on to workers that may still be importing.
 _BOOT = (
@@ -155,16 +158,15 @@ async def _supervise(settings: WorkerSettings, shutdown: trio.Event, group: Work
 # --- in the worker ------------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the appliance died before the line above took effect
+def _exit_if_orphaned(parent: int) -> None:
+    if os.getppid() != parent:  # the appliance is gone: its port must not stay held
         os._exit(1)
+
+
+async def _watch_parent(parent: int) -> None:
+    while True:
+        _exit_if_orphaned(parent)
+        await trio.sleep(PARENT_CHECK)
 
 
 async def _serve(settings: WorkerSettings) -> None:
@@ -208,6 +210,7 @@ async def _serve_with(settings: WorkerSettings, reader: RouteReader, signals: As
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals)
+        nursery.start_soon(_watch_parent, settings.parent_pid)
         log.event("gateway.worker_ready", worker=settings.index, pid=os.getpid())
         await gateway.serve(listeners, shutdown)  # returns once drained after SIGTERM
         nursery.cancel_scope.cancel()
@@ -215,7 +218,7 @@ async def _serve_with(settings: WorkerSettings, reader: RouteReader, signals: As
 
 def main(argv: list[str]) -> int:
     settings = WorkerSettings.from_arg(argv[1])
-    _die_with_parent(settings.parent_pid)
+    _exit_if_orphaned(settings.parent_pid)
     trio.run(_serve, settings)
     return 0
 

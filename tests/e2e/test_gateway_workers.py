@@ -79,3 +79,16 @@ def test_workers_die_with_a_killed_appliance_and_free_the_port(
             except OSError:
                 assert time.monotonic() < deadline, "the port is still held"
                 time.sleep(0.1)
+
+
+def test_workers_outlive_the_thread_that_started_them(
+    new_appliance: Callable[[], Appliance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # trio starts processes from a worker thread that ends after ten idle seconds;
+    # a death signal tied to that thread (PR_SET_PDEATHSIG) killed every worker then.
+    app = _start(new_appliance, monkeypatch, 2)
+    (worker,) = _worker_pids(app)
+    time.sleep(13)
+    assert _alive(worker) and app.events("gateway.worker_died") == []
+    with app.client() as api:
+        assert api.get(f"{app.api_url}/sandboxes").status_code == 200
