@@ -151,6 +151,17 @@ def podman(*args: str) -> str:
     return result.stdout
 
 
+def stop_and_clean(app: Appliance) -> None:
+    """Stop the appliance (gracefully, else killed), then remove its containers and its Podman service."""
+    if app.process is not None and app.process.poll() is None:
+        try:
+            app.stop(timeout=15)
+        except subprocess.TimeoutExpired:
+            app.kill()
+    app.remove_containers()
+    stop_podman_service(app.data_dir)
+
+
 def stop_podman_service(data_dir: Path) -> None:
     """End a Podman API service an appliance left behind (a kill -9 leaves its child running)."""
     subprocess.run(["pkill", "-f", f"unix://{data_dir}/podman/podman.sock"], check=False)

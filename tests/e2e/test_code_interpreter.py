@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.appliance import Appliance, stop_podman_service
+from tests.e2e.appliance import Appliance, stop_and_clean
 
 pytestmark = pytest.mark.podman
 
@@ -37,13 +37,7 @@ def app() -> Iterator[Appliance]:
         appliance.start()
         yield appliance
     finally:
-        if appliance.process is not None and appliance.process.poll() is None:
-            try:
-                appliance.stop(timeout=15)
-            except subprocess.TimeoutExpired:
-                appliance.kill()
-        appliance.remove_containers()
-        stop_podman_service(data_dir)
+        stop_and_clean(appliance)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

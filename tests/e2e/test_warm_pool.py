@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.appliance import Appliance, stop_podman_service
+from tests.e2e.appliance import Appliance, stop_and_clean
 from tests.e2e.helpers import create, wait_for
 
 pytestmark = pytest.mark.podman
@@ -21,13 +20,7 @@ def pooled_appliance(data_dir: Path) -> Iterator[Appliance]:
         app.start()
         yield app
     finally:
-        if app.process is not None and app.process.poll() is None:
-            try:
-                app.stop(timeout=15)
-            except subprocess.TimeoutExpired:
-                app.kill()
-        app.remove_containers()
-        stop_podman_service(data_dir)
+        stop_and_clean(app)
 
 
 def pooled_ids(app: Appliance) -> list[str]:

@@ -7,7 +7,6 @@ drive it, the way ``Sandbox.run_code`` does.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -26,6 +25,7 @@ from scalebox.generated import api_pb2, api_pb2_connect
 
 from agent.connect.errors import ConnectError
 from agent.interpreter import kernelwire, languages, results, service
+from tests.unit import test_agent_procsvc_http as procsvc
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "interpreter-test-token"
@@ -107,12 +107,11 @@ def test_the_time_limit() -> None:
 # --- a real agent -----------------------------------------------------------------------------
 
 
-class Agent:
+class Agent(procsvc.Agent):
+    """The process tests' agent harness, with the interpreter's calls."""
+
     def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
+        super().__init__(proc, port, log)
         pool = urllib3.PoolManager(headers=HEADERS)
         self.execution = api_pb2_connect.ExecutionServiceClient(base_url=self.url, http_client=pool)
         self.contexts = api_pb2_connect.ContextServiceClient(base_url=self.url, http_client=pool)
@@ -131,28 +130,12 @@ class Agent:
     def destroy(self, context_id: str) -> None:
         self.contexts.destroy_context(api_pb2.DestroyContextRequest(context_id=context_id), extra_headers=HEADERS)
 
-    def healthy(self) -> bool:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", "/health")
-            return conn.getresponse().status == 204
-        except OSError:
-            return False
-        finally:
-            conn.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
     work = tmp_path_factory.mktemp("interp")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEBOX_")}
-    port = _free_port()
+    port = procsvc._free_port()
     env.update({"SCALEBOX_AGENT_PORT": str(port), "SCALEBOX_ACCESS_TOKEN": TOKEN})
     log = work / "agent.err"
     with log.open("wb") as err:
