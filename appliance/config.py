@@ -10,6 +10,7 @@ from pathlib import Path
 
 from controlplane.templates import BUILTIN
 from gateway.tls.certs import normalise_domain
+from gateway.wake import DEFAULT_WAKE_TIMEOUT
 
 DEFAULT_DOMAIN = "sbx.localhost"
 DEFAULT_LISTEN = "8443"
@@ -18,6 +19,11 @@ DEFAULT_DATA_DIR = "/var/lib/scalebox"
 # (`base=1000`) from exhausting the machine.
 MAX_WARM_POOL = 64
 MAX_GATEWAY_PROCESSES = 8
+MAX_WAKE_TIMEOUT = 300.0
+# Plain TCP host ports for clients that cannot do TLS (gateway/hostports.py); `off`
+# switches them off. Above Linux's ephemeral ports (32768-60999 by default), which
+# outgoing connections take: a client socket there would stop a host port binding.
+DEFAULT_HOST_PORTS = "61000-61099"
 
 
 class ConfigError(ValueError):
@@ -46,6 +52,10 @@ class ServeConfig:
     warm_pool: Mapping[str, int] = field(default_factory=dict)
     # Processes serving the gateway port, this one included (appliance/workers.py).
     gateway_processes: int = 1
+    # Seconds a request for a sandbox auto_pause put to sleep is held while it is resumed.
+    wake_timeout: float = DEFAULT_WAKE_TIMEOUT
+    # Host ports a tcp or tls port may be forwarded from, inclusive; None: switched off.
+    host_ports: tuple[int, int] | None = None
 
     @property
     def advertised_port(self) -> int:
@@ -99,8 +109,36 @@ def parse_warm_pool(text: str) -> dict[str, int]:
     return sizes
 
 
+def parse_host_ports(text: str, listen: tuple[ListenAddress, ...] = ()) -> tuple[int, int] | None:
+    """`40000-40099` -> (40000, 40099); `off` or empty -> None (no host ports)."""
+    text = text.strip()
+    if text.lower() in ("", "off"):
+        return None
+    low_text, sep, high_text = text.partition("-")
+    low_text, high_text = low_text.strip(), high_text.strip()
+    if not (sep and low_text.isascii() and low_text.isdigit() and high_text.isascii() and high_text.isdigit()):
+        raise ConfigError(f"--host-ports {text[:40]!r}: write LOW-HIGH, e.g. {DEFAULT_HOST_PORTS}, or off")
+    low, high = int(low_text), int(high_text)
+    # Below 1024 are the well-known ports, which services on the host expect to own.
+    if not 1024 <= low <= high <= 65535:
+        raise ConfigError(f"--host-ports {text!r}: need 1024 <= LOW <= HIGH <= 65535")
+    clash = sorted({a.port for a in listen if low <= a.port <= high})
+    if clash:
+        raise ConfigError(
+            f"--host-ports {text!r} contains the gateway's listening port {clash[0]}; pick a range without it"
+        )
+    return low, high
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
+    parser.add_argument(
+        "--wake-timeout",
+        default=env("SCALEBOX_WAKE_TIMEOUT", ""),
+        metavar="SECONDS",
+        help="how long a request for a sandbox that auto_pause paused is held while the sandbox is"
+        f" resumed (env SCALEBOX_WAKE_TIMEOUT; default {DEFAULT_WAKE_TIMEOUT:g})",
+    )
     parser.add_argument(
         "--gateway-processes",
         default=env("SCALEBOX_GATEWAY_PROCESSES", ""),
@@ -149,6 +187,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep N sandboxes of a template started, served at once to creates with the default"
         " cpu_count and memory_mb and no env_vars (env SCALEBOX_WARM_POOL; default: none)",
     )
+    parser.add_argument(
+        "--host-ports",
+        default=env("SCALEBOX_HOST_PORTS", DEFAULT_HOST_PORTS),
+        metavar="LOW-HIGH",
+        help="host ports that tcp and tls sandbox ports may ask for, forwarded as plain TCP"
+        f" (env SCALEBOX_HOST_PORTS; default {DEFAULT_HOST_PORTS}; off: none)",
+    )
+
+
+def parse_wake_timeout(text: str) -> float:
+    if not text.strip():
+        return DEFAULT_WAKE_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    # A client holds its request open meanwhile: minutes are past what any will wait.
+    if not 0 < seconds <= MAX_WAKE_TIMEOUT:
+        raise ConfigError(f"--wake-timeout {text[:20]!r}: seconds, more than 0 and at most {MAX_WAKE_TIMEOUT:g}")
+    return seconds
 
 
 def default_gateway_processes() -> int:
@@ -174,9 +232,10 @@ def config_from_args(ns: argparse.Namespace) -> ServeConfig:
     public_port = int(ns.public_port) if ns.public_port else None
     if public_port is not None and not 0 < public_port < 65536:
         raise ConfigError("--public-port must be 1-65535")
+    listen = parse_listen(str(ns.listen))
     return ServeConfig(
         domain=domain,
-        listen=parse_listen(str(ns.listen)),
+        listen=listen,
         data_dir=Path(ns.data_dir).absolute(),
         tls_cert=Path(ns.tls_cert) if ns.tls_cert else None,
         tls_key=Path(ns.tls_key) if ns.tls_key else None,
@@ -184,4 +243,6 @@ def config_from_args(ns: argparse.Namespace) -> ServeConfig:
         podman_socket=Path(ns.podman_socket) if ns.podman_socket else None,
         warm_pool=parse_warm_pool(str(ns.warm_pool or "")),
         gateway_processes=parse_gateway_processes(str(ns.gateway_processes or "")),
+        wake_timeout=parse_wake_timeout(str(ns.wake_timeout or "")),
+        host_ports=parse_host_ports(str(ns.host_ports or ""), listen),
     )

@@ -19,17 +19,18 @@ from appliance import log
 from appliance.config import ListenAddress, ServeConfig
 from appliance.router import make_router
 from appliance.vendor import prepare_vendor_dir
-from appliance.workers import WorkerGroup, WorkerSettings, reload_tls, run_workers
+from appliance.workers import WorkerGroup, WorkerSettings, make_waker, reload_tls, run_workers
 from controlplane.api.app import ApiSettings, create_app
 from controlplane.api.schemas import HostLimits
 from controlplane.apikeys import ensure_admin_key, random_id
 from controlplane.lifecycle.service import LifecycleConfig, SandboxService
+from controlplane.lifecycle.states import LIVE, State, wakes_on_traffic
 from controlplane.runtime.base import RuntimeFailure
 from controlplane.runtime.podman_runtime import PodmanRuntime
 from controlplane.runtime.service import podman_service
 from controlplane.store import Store
 from controlplane.tokens import load_or_create_secret
-from gateway.access import SandboxView
+from gateway.hostports import HostPortForwarder, HostPortLimits, PortedSandbox
 from gateway.server import Gateway
 from gateway.tls.certs import ensure_certificates, load_user_certificate
 from gateway.tls.identity import load_server_tls
@@ -110,6 +111,20 @@ def _banner(config: ServeConfig, ca: Path | None, admin_key_path: Path, new_key:
     )
 
 
+def _ported_sandboxes(store: Store) -> list[PortedSandbox]:
+    """The live sandboxes as the host port forwarder (gateway/hostports.py) may see them."""
+    return [
+        PortedSandbox(
+            id=rec.id,
+            running=rec.state is State.RUNNING,
+            ip=rec.ip,
+            wakeable=rec.auto_pause and wakes_on_traffic(rec.state, rec.reason),
+            host_ports={int(p["host_port"]): int(p["port"]) for p in rec.custom_ports if p.get("host_port")},
+        )
+        for rec in store.sandboxes_in(LIVE)
+    ]
+
+
 async def _watch_signals(shutdown: trio.Event, cancel: trio.CancelScope, hangup: Callable[[], None]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
@@ -165,6 +180,7 @@ async def _serve_locked(config: ServeConfig) -> None:
                     warm_pool=config.warm_pool,
                     pool_cpu_count=limits.default_cpu_count,
                     pool_memory_mb=limits.default_memory_mb,
+                    host_ports=config.host_ports,
                 ),
             )
             await service.reconcile()
@@ -176,18 +192,15 @@ async def _serve_locked(config: ServeConfig) -> None:
                 ),
             )
 
-            def lookup(sandbox_id: str) -> SandboxView | None:
-                rec = store.get_sandbox(sandbox_id)
-                return None if rec is None else SandboxView(state=rec.state.value, ip=rec.ip)
-
             router = make_router(
                 domain=config.domain,
                 secret=secret,
                 api_address=UnixAddress(str(api_socket)),
-                lookup=lookup,
+                record=store.get_sandbox,
                 version=lambda: store.sandboxes_version,
             )
-            gateway = Gateway(router=router, tls=tls, pool=Pool())
+            waker = make_waker(api_socket=str(api_socket), secret=secret, timeout=config.wake_timeout, worker=0)
+            gateway = Gateway(router=router.http, streams=router.stream, tls=tls, pool=Pool(), waker=waker)
             workers = WorkerGroup()
 
             def hangup() -> None:
@@ -222,6 +235,21 @@ async def _serve_locked(config: ServeConfig) -> None:
 
                 nursery.start_soon(run_api)
                 await nursery.start(gateway.serve, listeners, shutdown)
+                if config.host_ports is not None:
+                    # Here only, not in the workers: one listener per host port, and this
+                    # process writes the sandbox table, so it sees each change first.
+                    forwarder = HostPortForwarder(
+                        sandboxes=lambda: _ported_sandboxes(store),
+                        version=lambda: store.sandboxes_version,
+                        hosts=[address.host for address in config.listen],
+                        waker=waker,
+                        limits=HostPortLimits(
+                            tunnel_idle_timeout=gateway.limits.http.tunnel_idle_timeout,
+                            connect_timeout=gateway.pool.connect_timeout,
+                            max_per_address=gateway.limits.connections.max_per_address,
+                        ),
+                    )
+                    await nursery.start(forwarder.run)
                 workers_stopped = trio.Event()
 
                 async def run_gateway_workers() -> None:
@@ -239,6 +267,7 @@ async def _serve_locked(config: ServeConfig) -> None:
                                     tls_key=str(key),
                                     drain_timeout=gateway.limits.drain_timeout,
                                     parent_pid=os.getpid(),
+                                    wake_timeout=config.wake_timeout,
                                 )
                                 for i in range(1, config.gateway_processes)
                             ],

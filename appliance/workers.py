@@ -46,11 +46,11 @@ import trio
 from appliance import log
 from appliance.router import make_router
 from controlplane.store import RouteReader
-from controlplane.tokens import load_or_create_secret
-from gateway.access import SandboxView
+from controlplane.tokens import load_or_create_secret, mint_access_token
 from gateway.server import Gateway
 from gateway.tls.identity import load_server_tls
 from gateway.upstream import Pool, UnixAddress
+from gateway.wake import DEFAULT_WAKE_TIMEOUT, ApiWaker
 
 RESTART_PAUSE = 1.0
 PARENT_CHECK = 0.5  # seconds between checks that the appliance is still there
@@ -74,6 +74,7 @@ class WorkerSettings:
     tls_key: str
     drain_timeout: float
     parent_pid: int
+    wake_timeout: float = DEFAULT_WAKE_TIMEOUT
 
     def to_arg(self) -> str:
         return json.dumps(asdict(self))
@@ -84,6 +85,16 @@ class WorkerSettings:
 
 
 # --- in every gateway process ---------------------------------------------------------------
+
+
+def make_waker(*, api_socket: str, secret: bytes, timeout: float, worker: int) -> ApiWaker:
+    """Wake on traffic through the API socket, with tokens minted here: no process needs an API key."""
+    return ApiWaker(
+        api=UnixAddress(api_socket),
+        token_for=lambda sandbox_id: mint_access_token(secret, sandbox_id),
+        timeout=timeout,
+        worker=worker,
+    )
 
 
 def reload_tls(gateway: Gateway, cert: Path, key: Path) -> bool:
@@ -183,19 +194,25 @@ async def _serve(settings: WorkerSettings) -> None:
 async def _serve_with(settings: WorkerSettings, reader: RouteReader, signals: AsyncIterator[int]) -> None:
     secret = load_or_create_secret(Path(settings.secret_path))
 
-    def lookup(sandbox_id: str) -> SandboxView | None:
-        view = reader.sandbox_view(sandbox_id)
-        return None if view is None else SandboxView(state=view[0], ip=view[1])
-
     router = make_router(
         domain=settings.domain,
         secret=secret,
         api_address=UnixAddress(settings.api_socket),
-        lookup=lookup,
+        record=reader.sandbox_view,
         version=reader.version,
     )
     cert, key = Path(settings.tls_cert), Path(settings.tls_key)
-    gateway = Gateway(router=router, tls=load_server_tls(cert, key), pool=Pool(), worker=settings.index)
+    waker = make_waker(
+        api_socket=settings.api_socket, secret=secret, timeout=settings.wake_timeout, worker=settings.index
+    )
+    gateway = Gateway(
+        router=router.http,
+        streams=router.stream,
+        tls=load_server_tls(cert, key),
+        pool=Pool(),
+        worker=settings.index,
+        waker=waker,
+    )
     listeners = [
         trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in settings.listen_fds
     ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.lifecycle.states import State
+from controlplane.ports import PortRequest
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +28,10 @@ class SandboxRecord:
     name: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     env_vars: dict[str, str] = field(default_factory=dict)
+    # Stored declarations (controlplane/ports.py).
     custom_ports: list[dict[str, Any]] = field(default_factory=list)
+    # Live port tokens (controlplane/porttokens.py): they go with the row.
+    port_tokens: list[dict[str, Any]] = field(default_factory=list)
     # Epoch seconds; None until the event happened.
     created_at: float
     updated_at: float
@@ -61,4 +65,4 @@ class CreateRequest:
     auto_pause: bool = False
     secure: bool = True
     is_async: bool = False
-    custom_ports: list[dict[str, Any]] = field(default_factory=list)
+    custom_ports: list[PortRequest] = field(default_factory=list)

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     metadata TEXT NOT NULL,
     env_vars TEXT NOT NULL,
     custom_ports TEXT NOT NULL,
+    port_tokens TEXT NOT NULL DEFAULT '[]',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     started_at REAL,
@@ -76,6 +77,7 @@ _SANDBOX_COLUMNS = (
     "metadata",
     "env_vars",
     "custom_ports",
+    "port_tokens",
     "created_at",
     "updated_at",
     "started_at",
@@ -83,7 +85,7 @@ _SANDBOX_COLUMNS = (
     "paused_at",
     "ended_at",
 )
-_JSON_COLUMNS = {"metadata", "env_vars", "custom_ports"}
+_JSON_COLUMNS = {"metadata", "env_vars", "custom_ports", "port_tokens"}
 _BOOL_COLUMNS = {"auto_pause", "allow_internet_access", "secure", "is_async"}
 
 
@@ -103,6 +105,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        _migrate(self._db)
         # Counts writes to the sandbox table: what the gateway's route cache keys on.
         self.sandboxes_version = 0
 
@@ -175,6 +178,18 @@ class Store:
         return int(self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
 
 
+# Columns added after the first release: (name, definition). A data dir made by an
+# older appliance gets them on its next start.
+_ADDED_COLUMNS = (("port_tokens", "TEXT NOT NULL DEFAULT '[]'"),)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    have = {row[1] for row in db.execute("PRAGMA table_info(sandboxes)")}
+    for name, definition in _ADDED_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE sandboxes ADD COLUMN {name} {definition}")
+
+
 def _to_sql(column: str, value: Any) -> Any:
     if column in _JSON_COLUMNS:
         return json.dumps(value, separators=(",", ":"))
@@ -200,7 +215,7 @@ def _sandbox_from_row(row: sqlite3.Row) -> SandboxRecord:
 
 
 class RouteReader:
-    """What a gateway worker process needs of the store: a sandbox's state and address, read-only.
+    """What a gateway worker process needs of the store: a sandbox's row, read-only.
 
     ``version()`` is SQLite's data_version: it changes whenever another
     connection (the appliance's own Store) commits, which is what a worker's
@@ -209,11 +224,12 @@ class RouteReader:
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout=5000")
 
-    def sandbox_view(self, sandbox_id: str) -> tuple[str, str | None] | None:
-        row = self._db.execute("SELECT state, ip FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
-        return None if row is None else (str(row[0]), row[1])
+    def sandbox_view(self, sandbox_id: str) -> SandboxRecord | None:
+        row = self._db.execute("SELECT * FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+        return None if row is None else _sandbox_from_row(row)
 
     def version(self) -> int:
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])

@@ -16,6 +16,8 @@ import secrets
 from pathlib import Path
 
 _PURPOSE = b"scalebox-envd-access-v1"
+_PORT_PURPOSE = b"scalebox-port-token-v1"
+_PORT_PREFIX = "spt_"
 SECRET_BYTES = 32
 
 
@@ -33,6 +35,24 @@ def verify_access_token(secret: bytes, sandbox_id: str, token: str | None) -> bo
         return False
     expected = mint_access_token(secret, sandbox_id)
     return hmac.compare_digest(expected.encode(), token.encode("utf-8", "replace"))
+
+
+def mint_port_token(secret: bytes, sandbox_id: str, token_id: str) -> str:
+    """A port token: its id (which the sandbox's row lists while it lives) and a MAC
+    binding the id to the sandbox, so ids cannot be guessed nor moved elsewhere."""
+    mac = hmac.new(secret, _signable(_PORT_PURPOSE, sandbox_id.encode(), token_id.encode()), hashlib.sha256)
+    return f"{_PORT_PREFIX}{token_id}.{base64.urlsafe_b64encode(mac.digest()).rstrip(b'=').decode()}"
+
+
+def port_token_id(secret: bytes, sandbox_id: str, token: str | None) -> str | None:
+    """The id of `token` if it is a genuine port token of `sandbox_id`, else None."""
+    if not token or not token.startswith(_PORT_PREFIX) or len(token) > 128:
+        return None
+    token_id, dot, _ = token[len(_PORT_PREFIX) :].partition(".")
+    if not dot or not token_id.isascii() or not token_id.isalnum():
+        return None
+    expected = mint_port_token(secret, sandbox_id, token_id)
+    return token_id if hmac.compare_digest(expected.encode(), token.encode("utf-8", "replace")) else None
 
 
 def load_or_create_secret(path: Path) -> bytes:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -33,8 +33,9 @@ import trio
 
 from appliance import log
 from gateway import errors
-from gateway.access import Forward, Refuse, Verdict
+from gateway.access import Forward, Refuse, Verdict, Wake, grant_refusal
 from gateway.caps import Counts
+from gateway.credentials import Credential, find_credential, set_cookie, without_cookie, without_query_token
 from gateway.drain import Drain
 from gateway.limits import HttpLimits, body_wait
 from gateway.requesthead import RequestHead, read_head
@@ -43,7 +44,7 @@ from gateway.streams import CHUNK, PrefixedStream, splice
 from gateway.tls.names import misdirected
 from gateway.upstream import Pool, UpstreamConnection, UpstreamUnavailable
 
-__all__ = ["ClientInfo", "HttpLimits", "HttpSession", "Router", "bypasses_token"]
+__all__ = ["ClientInfo", "HttpLimits", "HttpSession", "Router", "Waker", "bypasses_token"]
 
 # Headers that describe one hop, not the message (RFC 9110 section 7.6.1). Framing
 # headers (Content-Length, Transfer-Encoding) are kept: h11 re-frames from them.
@@ -74,8 +75,11 @@ class ClientInfo:
         return self.peer.rsplit(":", 1)[0].strip("[]")
 
 
-# host (normalised), X-Access-Token, whether the agent authorises this request itself -> verdict
+# host (normalised), the request's token (gateway/credentials.py), whether the agent
+# authorises this request itself -> verdict
 Router = Callable[[str, str | None, bool], Verdict]
+# Resume a sandbox that auto_pause put to sleep; None when it is running, else why not.
+Waker = Callable[[str], Awaitable[str | None]]
 
 
 class _ClientGone(Exception):
@@ -203,8 +207,10 @@ class HttpSession:
         limits: HttpLimits,
         exchanges: Counts[str],
         worker: int = 0,
+        waker: Waker | None = None,
     ) -> None:
         self.stream = stream
+        self.waker = waker
         self.client = client
         self.router = router
         self.pool = pool
@@ -226,6 +232,8 @@ class HttpSession:
         self._tunnelled_in = 0
         # An error answer is followed by a close while the client may still be sending.
         self._linger = False
+        # Of the request being answered: the token it carried, and how.
+        self._credential: Credential | None = None
 
     async def run(self) -> None:
         await self._serve_requests()
@@ -344,6 +352,7 @@ class HttpSession:
 
     def _verdict(self, head: RequestHead, req: h11.Request) -> tuple[str, Verdict]:
         """(host for the log, verdict) of a request whose head passed its checks."""
+        self._credential = find_credential(req.target, head.access_token, head.cookies)
         try:
             host = normalise_host(head.host)
         except InvalidHost as exc:
@@ -352,10 +361,26 @@ class HttpSession:
             why = misdirected(host, self.client.sni, self.client.cert_names)
             if why is not None:
                 return host, Refuse(421, "misdirected_request", why)
-        token = head.access_token
-        verdict = self.router(
-            host, token.decode("latin-1") if token is not None else None, bypasses_token(req.method, req.target)
-        )
+        token = self._credential.token.decode("latin-1") if self._credential is not None else None
+        verdict = self.router(host, token, bypasses_token(req.method, req.target))
+        if isinstance(verdict, Forward) and verdict.private:
+            path = req.target.split(b"?", 1)[0].decode("latin-1")
+            refused = grant_refusal(verdict.grant, req.method.decode("latin-1"), path, time.time())
+            if refused is not None:
+                return host, refused
+        return host, verdict
+
+    async def _wake(self, wake: Wake, head: RequestHead, req: h11.Request) -> tuple[str, Verdict]:
+        """Resume a sandbox auto_pause put to sleep, then decide again: the request that
+        woke it is the first it answers."""
+        if self.waker is None:
+            return "", Refuse(409, "sandbox_not_running", f"sandbox {wake.sandbox_id} is paused")
+        failure = await self.waker(wake.sandbox_id)
+        if failure is not None:
+            return "", Refuse(503, "wake_failed", failure)
+        host, verdict = self._verdict(head, req)
+        if isinstance(verdict, Wake):
+            return host, Refuse(503, "wake_failed", f"sandbox {wake.sandbox_id} is still asleep; retry shortly")
         return host, verdict
 
     async def _exchange(self, req: h11.Request, raw: bytes) -> bool:
@@ -369,10 +394,14 @@ class HttpSession:
         self._connect_kind = errors.connect_kind(req.method, req.target.split(b"?", 1)[0], head.content_type)
         self._body_received, self._body_waited, self._bytes_out, self._tunnelled_in = 0, 0.0, 0, 0
         verdict: Verdict
+        self._credential = None
         if head.refusal is not None:
             host, verdict = head.host.decode("latin-1"), head.refusal
         else:
             host, verdict = self._verdict(head, req)
+            if isinstance(verdict, Wake):
+                woken_host, verdict = await self._wake(verdict, head, req)
+                host = woken_host or host
 
         status, outcome = 0, "ok"
         sandbox: str | None = None
@@ -393,6 +422,10 @@ class HttpSession:
                 status, outcome = verdict.status, verdict.error
                 close = head.refusal is not None
                 return await self._refuse(verdict.status, verdict.error, verdict.message, accept, rid, close=close)
+            assert isinstance(verdict, Forward)
+            if self._takes_cookie(verdict, req, head):
+                status, outcome = 303, "token_to_cookie"
+                return await self._token_to_cookie(req, verdict, rid)
             try:
                 status, keep = await self._forward(req, head, verdict, rid)
                 return keep
@@ -463,6 +496,44 @@ class HttpSession:
         self._bytes_out += len(data)
         return keep and not self.drain.draining
 
+    def _takes_cookie(self, fwd: Forward, req: h11.Request, head: RequestHead) -> bool:
+        """A page opened with ?token= on a private port: answered with a redirect that
+        swaps the token in the address for a cookie (gateway/credentials.py)."""
+        return (
+            fwd.private
+            and self._credential is not None
+            and self._credential.source == "query"
+            and req.method in (b"GET", b"HEAD")
+            and not head.is_upgrade
+        )
+
+    async def _token_to_cookie(self, req: h11.Request, fwd: Forward, rid: str) -> bool:
+        assert self._credential is not None
+        expires = fwd.grant.expires_at if fwd.grant is not None else None
+        max_age = int(expires - time.time()) if expires is not None else None
+        cookie = set_cookie(self._credential.token, secure=self.client.scheme == "https", max_age=max_age)
+        headers = [
+            (b"location", without_query_token(req.target)),
+            (b"set-cookie", cookie),
+            (b"cache-control", b"no-store"),
+            (b"content-length", b"0"),
+            (b"x-request-id", rid.encode()),
+        ]
+        keep = await self._discard_body()
+        if not keep or self.drain.draining:
+            headers.append((b"connection", b"close"))
+        try:
+            # 303: the browser follows with a GET, whatever it sent.
+            data = b"".join(
+                self.conn.send(event) or b""
+                for event in (h11.Response(status_code=303, headers=headers, reason=b"See Other"), h11.EndOfMessage())
+            )
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.LocalProtocolError):
+            return False
+        self._bytes_out += len(data)
+        return keep and not self.drain.draining
+
     async def _discard_body(self) -> bool:
         """Read and drop a small request body so the connection can be reused."""
         seen = 0
@@ -514,7 +585,7 @@ class HttpSession:
             self._body_received += len(event.data)
         return event
 
-    def _upstream_headers(self, head: RequestHead, rid: str, upgrade: bool) -> list[tuple[bytes, bytes]]:
+    def _upstream_headers(self, head: RequestHead, rid: str, upgrade: bool, private: bool) -> list[tuple[bytes, bytes]]:
         listed = head.connection
         out = [
             (k, v)
@@ -524,6 +595,10 @@ class HttpSession:
             and k not in listed
             and not k.startswith(b"x-forwarded-")
         ]
+        if private:
+            # The gateway's credentials are not the service's business (gateway/credentials.py).
+            out = [(k, without_cookie(v) if k == b"cookie" else v) for k, v in out if k != b"x-access-token"]
+            out = [(k, v) for k, v in out if k != b"cookie" or v]
         out.append((b"x-forwarded-for", self._peer_ip))
         out.append((b"x-forwarded-proto", self.client.scheme.encode()))
         out.append((b"x-forwarded-host", head.host))
@@ -535,7 +610,9 @@ class HttpSession:
 
     async def _forward(self, req: h11.Request, head: RequestHead, fwd: Forward, rid: str) -> tuple[int, bool]:
         upgrade = head.is_upgrade
-        out_req = h11.Request(method=req.method, target=req.target, headers=self._upstream_headers(head, rid, upgrade))
+        target = without_query_token(req.target) if fwd.private else req.target
+        headers = self._upstream_headers(head, rid, upgrade, fwd.private)
+        out_req = h11.Request(method=req.method, target=target, headers=headers)
         has_body = self.conn.their_state is h11.SEND_BODY and (
             head.transfer_encoding is not None or (head.content_length or b"0") != b"0"
         )

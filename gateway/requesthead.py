@@ -48,6 +48,7 @@ _WANTED = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"connection",
+        b"cookie",
     }
 )
 
@@ -67,6 +68,8 @@ class RequestHead:
     upgrade: bytes | None = None
     # Lowercase tokens of every Connection header.
     connection: set[bytes] = field(default_factory=set)
+    # Every Cookie header's value (HTTP/1.1 clients send one; nothing forbids more).
+    cookies: list[bytes] = field(default_factory=list)
     # Set when the request must be refused (and the connection closed) as it stands.
     refusal: Refuse | None = None
 
@@ -98,6 +101,8 @@ def read_head(req: h11.Request, raw: bytes, head_length: int, limits: HttpLimits
             head.transfer_encoding = value
         elif name == b"upgrade":
             head.upgrade = value
+        elif name == b"cookie":
+            head.cookies.append(value)
         else:
             head.connection.update(token.strip().lower() for token in value.split(b","))
     head.refusal = _refusal(req, head, raw, head_length, limits)

@@ -17,6 +17,13 @@ Caps, per gateway process (the workers of appliance/workers.py each count their 
   every other client keeps being served.
 - exchanges per sandbox: see gateway/proxy.py (503).
 
+A TLS connection whose SNI names a port declared `tcp` or `tls` is not HTTP: the
+stream router (gateway/access.py `decide_stream`) says so from the ClientHello,
+and the connection becomes a byte stream to the container port, TLS ended here
+(tcp) or passed through untouched (tls). PostgreSQL's plaintext request for TLS
+is answered first (gateway/preamble.py), so `psql sslmode=require` gets there too.
+Such a connection leaves one `gateway.connection` line in the log.
+
 The TLS certificate can be replaced while serving (`use_tls`, on SIGHUP): a
 handshake uses the certificate current when it starts, so open connections keep
 theirs and new ones get the new one.
@@ -24,21 +31,29 @@ theirs and new ones get the new one.
 
 from __future__ import annotations
 
+import contextlib
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from appliance import log
+from gateway.access import Refuse, Stream, StreamVerdict, Wake
 from gateway.caps import Counts, address_key
 from gateway.drain import Drain
 from gateway.limits import ConnectionLimits, HttpLimits
-from gateway.proxy import ClientInfo, HttpSession, Router
+from gateway.preamble import PREAMBLE_LENGTH, could_be_preamble, read_preamble
+from gateway.proxy import ClientInfo, HttpSession, Router, Waker
 from gateway.routing.hosts import InvalidHost, normalise_host
-from gateway.streams import PrefixedStream
+from gateway.streams import PrefixedStream, splice
 from gateway.tls.clienthello import NEED_MORE_DATA, ClientHello, ClientHelloReader, NotClientHello, looks_like_tls
 from gateway.tls.identity import ServerTls
-from gateway.upstream import Pool
+from gateway.upstream import Pool, UpstreamUnavailable, open_stream
+
+# SNI (normalised) -> what a TLS connection is before any HTTP (None: HTTP).
+StreamRouter = Callable[[str], StreamVerdict]
 
 _SNIFF = 4096
 # A process at its cap says so at most this often (seconds), not at every connection.
@@ -64,8 +79,13 @@ class Gateway:
         pool: Pool,
         limits: GatewayLimits = GatewayLimits(),
         worker: int = 0,
+        streams: StreamRouter = lambda _sni: None,
+        waker: Waker | None = None,
     ) -> None:
         self.router = router
+        self.streams = streams
+        # Resumes a sandbox that auto_pause put to sleep (None: such a sandbox gets 409).
+        self.waker = waker
         # Which gateway process this is (0: the appliance's own), for the access log.
         self.worker = worker
         self.tls = tls
@@ -128,7 +148,7 @@ class Gateway:
     async def _handle(self, stream: trio.SocketStream, peer: str) -> None:
         first = b""
         with trio.move_on_after(self.limits.sniff_timeout), self.drain.idle():
-            first = await stream.receive_some(_SNIFF)
+            first = await _first_bytes(stream)
         if not first:
             return
         if not looks_like_tls(first[0]):
@@ -136,17 +156,104 @@ class Gateway:
             await self._serve_http(PrefixedStream(stream, first), client)
             return
         tls = self.tls  # this connection's, whatever a reload does meanwhile
-        got: tuple[trio.SSLStream[PrefixedStream], ClientHello] | str
-        with trio.move_on_after(self.limits.handshake_timeout) as waited:
-            got = await _handshake(stream, first, tls)
-        if waited.cancelled_caught:
-            got = f"no complete TLS handshake within {self.limits.handshake_timeout:g} s"
+        # One deadline for the whole ClientHello and the handshake after it.
+        deadline = trio.current_time() + self.limits.handshake_timeout
+        late = f"no complete TLS handshake within {self.limits.handshake_timeout:g} s"
+        got: tuple[ClientHello, bytes] | str = late
+        with trio.move_on_at(deadline):
+            got = await _read_client_hello(stream, first)
         if isinstance(got, str):
             log.event("gateway.tls_failed", peer=peer, error=got, worker=self.worker)
             return
-        ssl_stream, hello = got
-        client = ClientInfo(peer=peer, scheme="https", sni=_sni(hello), cert_names=tls.names)
+        hello, received = got
+        sni = _sni(hello)
+        stream_verdict = self.streams(sni) if sni is not None else None
+        if isinstance(stream_verdict, Wake):
+            stream_verdict = await self._woken(stream_verdict, lambda: self.streams(sni or ""))
+            deadline = trio.current_time() + self.limits.handshake_timeout
+        if stream_verdict is not None:
+            await self._serve_stream(stream, received, stream_verdict, tls, peer, sni or "", deadline)
+            return
+        ssl_stream: trio.SSLStream[PrefixedStream] | str = late
+        with trio.move_on_at(deadline):
+            ssl_stream = await _handshake(PrefixedStream(stream, received), tls)
+        if isinstance(ssl_stream, str):
+            log.event("gateway.tls_failed", peer=peer, error=ssl_stream, worker=self.worker)
+            return
+        client = ClientInfo(peer=peer, scheme="https", sni=sni, cert_names=tls.names)
         await self._serve_http(ssl_stream, client)
+
+    async def _woken(self, wake: Wake, again: Callable[[], StreamVerdict]) -> Stream | Refuse | None:
+        """Resume the sleeping sandbox, then decide again; a failed wake refuses."""
+        if self.waker is None:
+            return Refuse(409, "sandbox_not_running", f"sandbox {wake.sandbox_id} is paused")
+        failure = await self.waker(wake.sandbox_id)
+        if failure is not None:
+            return Refuse(503, "wake_failed", failure)
+        verdict = again()
+        if isinstance(verdict, Wake):
+            return Refuse(503, "wake_failed", f"sandbox {wake.sandbox_id} is still asleep")
+        return verdict
+
+    async def _serve_stream(
+        self,
+        stream: trio.SocketStream,
+        received: bytes,
+        verdict: Stream | Refuse,
+        tls: ServerTls,
+        peer: str,
+        sni: str,
+        deadline: float,
+    ) -> None:
+        """A connection for a tcp or tls port: its bytes go to the container port as they are."""
+        started = time.monotonic()
+        fields: dict[str, object] = {"peer": peer, "host": sni, "worker": self.worker}
+        if isinstance(verdict, Refuse):
+            # Nothing can be said in a protocol we do not speak: close, and log why.
+            log.event("gateway.connection", **fields, outcome=verdict.error, error=verdict.message, ms=0)
+            return
+        fields |= {"sandbox": verdict.sandbox_id, "port": verdict.port, "mode": "tls" if verdict.passthrough else "tcp"}
+        if not self._per_sandbox.take(verdict.sandbox_id):
+            log.event("gateway.connection", **fields, outcome="sandbox_busy", ms=0)
+            return
+        outcome, moved = "ok", (0, 0)
+        try:
+            client: trio.abc.Stream = PrefixedStream(stream, received)
+            if not verdict.passthrough:
+                got: trio.abc.Stream | str = "no complete TLS handshake in time"
+                with trio.move_on_at(deadline):
+                    got = await _handshake(client, tls, https_compatible=False)
+                if isinstance(got, str):
+                    outcome = "tls_failed"
+                    fields["error"] = got
+                    return
+                client = got
+            try:
+                upstream = await open_stream(verdict.address, timeout=self.pool.connect_timeout)
+            except UpstreamUnavailable as exc:
+                outcome = "upstream_unavailable"
+                fields["error"] = f"nothing is listening on port {verdict.port} in sandbox {verdict.sandbox_id}: {exc}"
+                return
+            try:
+                moved = await splice(client, upstream, idle_timeout=self.limits.http.tunnel_idle_timeout)
+            finally:
+                await trio.aclose_forcefully(upstream)
+        finally:
+            if isinstance(client, trio.SSLStream):
+                # A clean TLS end (close_notify): the client reads the service's close as
+                # an end of stream, not as a truncation attack.
+                with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await client.aclose()
+            self._per_sandbox.give_back(verdict.sandbox_id)
+            log.event(
+                "gateway.connection",
+                **fields,
+                outcome=outcome,
+                # Passthrough: the ClientHello is the sandbox's too.
+                bytes_in=moved[0] + (len(received) if verdict.passthrough else 0),
+                bytes_out=moved[1],
+                ms=round((time.monotonic() - started) * 1000, 2),
+            )
 
     async def _serve_http(self, stream: trio.abc.Stream, client: ClientInfo) -> None:
         session = HttpSession(
@@ -158,6 +265,7 @@ class Gateway:
             limits=self.limits.http,
             exchanges=self._per_sandbox,
             worker=self.worker,
+            waker=self.waker,
         )
         await session.run()
 
@@ -215,10 +323,26 @@ class Gateway:
             self._room = None
 
 
-async def _handshake(
-    stream: trio.SocketStream, first: bytes, tls: ServerTls
-) -> tuple[trio.SSLStream[PrefixedStream], ClientHello] | str:
-    """Read the client's whole ClientHello, then complete the handshake; or say why not."""
+async def _first_bytes(stream: trio.SocketStream) -> bytes:
+    """The connection's first bytes, after answering any plaintext request for TLS
+    (gateway/preamble.py); b"" when the client closed first."""
+    data = bytes(await stream.receive_some(_SNIFF))
+    for _ in range(2):  # a GSSENCRequest declined, then an SSLRequest
+        while data and len(data) < PREAMBLE_LENGTH and could_be_preamble(data):
+            more = await stream.receive_some(_SNIFF)
+            if not more:
+                return b""
+            data += more
+        preamble = read_preamble(data)
+        if preamble is None:
+            return data
+        await stream.send_all(preamble.reply)
+        data = data[PREAMBLE_LENGTH:] or bytes(await stream.receive_some(_SNIFF))
+    return data
+
+
+async def _read_client_hello(stream: trio.SocketStream, first: bytes) -> tuple[ClientHello, bytes] | str:
+    """The client's whole ClientHello and every byte read so far; or why not."""
     reader = ClientHelloReader()
     data = first
     try:
@@ -229,15 +353,24 @@ async def _handshake(
     except NotClientHello as exc:
         return f"not a TLS ClientHello: {exc.reason}"
     assert isinstance(hello, ClientHello)
-    # The TLS engine reads the ClientHello again from the start.
-    ssl_stream = trio.SSLStream(
-        PrefixedStream(stream, reader.received), tls.context, server_side=True, https_compatible=True
-    )
+    return hello, reader.received
+
+
+async def _handshake(
+    stream: trio.abc.Stream, tls: ServerTls, *, https_compatible: bool = True
+) -> trio.SSLStream[PrefixedStream] | str:
+    """The server side of the handshake; `stream` replays the ClientHello already read.
+
+    `https_compatible` (HTTP): closes without close_notify, as HTTPS servers do. A tcp
+    port's stream is not HTTP: its end is told with close_notify, which clients such
+    as psql and openssl expect.
+    """
+    ssl_stream = trio.SSLStream(stream, tls.context, server_side=True, https_compatible=https_compatible)
     try:
         await ssl_stream.do_handshake()
     except trio.BrokenResourceError as exc:
         return _tls_error(exc)
-    return ssl_stream, hello
+    return ssl_stream  # type: ignore[return-value]
 
 
 def _sni(hello: ClientHello) -> str | None:

@@ -23,11 +23,12 @@ fi
 # because recommends are not installed). debootstrap + keyring + gpgv build the
 # base image without a registry. libnss-myhostname resolves *.localhost.
 # nodejs: the unit tests run the code interpreter's JavaScript kernel on the host.
+# postgresql-client-15, redis-tools, openssl: real clients of the end-to-end tests of tcp ports.
 packages=(
     podman runc conmon netavark aardvark-dns iptables catatonit uidmap slirp4netns
     debootstrap debian-archive-keyring gpgv ca-certificates
     libnss-myhostname nftables iproute2 python3-venv
-    nodejs
+    nodejs postgresql-client-15 redis-tools openssl
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -78,7 +78,14 @@ DETAIL_COLUMNS: Sequence[Column] = (
 
 BRIEF_COLUMNS: Sequence[Column] = (("ID", "sandbox_id"), ("STATE", _state), ("NOTE", "note"))
 
-PORT_COLUMNS: Sequence[Column] = (("PORT", "port"), ("NAME", "name"), ("PROTOCOL", "protocol"), ("URL", "url"))
+PORT_COLUMNS: Sequence[Column] = (
+    ("PORT", "port"),
+    ("NAME", "name"),
+    ("PROTOCOL", "protocol"),
+    ("ACCESS", "access"),
+    ("ADDRESS", "address"),
+    ("HOST PORT", "host_port"),
+)
 
 
 def each(
@@ -311,13 +318,33 @@ def list_ports(ctx: click.Context, sandbox_id: str) -> None:
 @sandbox_id_argument()
 @click.argument("port_number", metavar="PORT", type=click.IntRange(1, 65535))
 @click.option("--name", help="1-15 lowercase letters, digits or '-' (default port-PORT)")
-@click.option("--protocol", type=click.Choice(["TCP", "UDP"], case_sensitive=False), default="TCP", show_default=True)
+@click.option(
+    "--protocol",
+    type=click.Choice(["http", "tcp", "tls"], case_sensitive=False),
+    default="http",
+    show_default=True,
+    help="http; tcp: a byte stream, TLS ended at the gateway; tls: passed through to the sandbox",
+)
+@click.option("--private", is_flag=True, help="require a port token (http only)")
+@click.option("--host-port", is_flag=True, help="also forward a host port to it, as plain TCP (tcp and tls only)")
 @global_options
 @click.pass_context
-def add_port(ctx: click.Context, sandbox_id: str, port_number: int, name: str | None, protocol: str) -> None:
+def add_port(
+    ctx: click.Context,
+    sandbox_id: str,
+    port_number: int,
+    name: str | None,
+    protocol: str,
+    private: bool,
+    host_port: bool,
+) -> None:
     """Declare a port of a sandbox."""
     settings = settings_from(ctx)
-    body = {"port": port_number, "name": name or f"port-{port_number}", "protocol": protocol.upper()}
+    body: dict[str, Any] = {"port": port_number, "name": name or f"port-{port_number}", "protocol": protocol.lower()}
+    if private:
+        body["access"] = "private"
+    if host_port:
+        body["host_port"] = True
     with ApiClient(settings) as api:
         data = api.request("POST", f"/sandboxes/{segment(sandbox_id)}/ports", json=body)
     emit(data, settings, rows=[data] if isinstance(data, dict) else data, columns=PORT_COLUMNS)
@@ -337,6 +364,42 @@ def remove_ports(ctx: click.Context, sandbox_id: str, port_numbers: tuple[int, .
             data = api.request("DELETE", f"/sandboxes/{segment(sandbox_id)}/ports/{number}")
     rows = data.get("ports", []) if isinstance(data, dict) else []
     emit(data, settings, rows=rows, columns=PORT_COLUMNS, empty=f"{sandbox_id} declares no ports now")
+
+
+@port.command("token")
+@sandbox_id_argument()
+@click.argument("port_number", metavar="PORT", type=click.IntRange(1, 65535))
+@click.option(
+    "--expires-in",
+    type=click.IntRange(1, 30 * 24 * 3600),
+    help="seconds the token lives (default: as long as the sandbox)",
+)
+@click.option("--path-prefix", help="only paths under this one, e.g. /api")
+@click.option("--method", "methods", multiple=True, help="only this HTTP method (repeatable)")
+@global_options
+@click.pass_context
+def port_token(
+    ctx: click.Context,
+    sandbox_id: str,
+    port_number: int,
+    expires_in: int | None,
+    path_prefix: str | None,
+    methods: tuple[str, ...],
+) -> None:
+    """Mint a token for a private port; prints it once, with a link for a browser."""
+    settings = settings_from(ctx)
+    body: dict[str, Any] = {}
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    if path_prefix is not None:
+        body["path_prefix"] = path_prefix
+    if methods:
+        body["methods"] = list(methods)
+    with ApiClient(settings) as api:
+        data = api.request("POST", f"/sandboxes/{segment(sandbox_id)}/ports/{port_number}/tokens", json=body)
+    # Raw lines: the token, then the link that turns it into a cookie in a browser.
+    lines = [str(data.get("token")), str(data.get("browser_url"))] if isinstance(data, dict) else data
+    emit(data, settings, rows=lines)
 
 
 def port_url(sandbox: Mapping[str, Any], port_number: int) -> str:

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from appliance import log
 from controlplane import apikeys
 from controlplane.agentclient import AgentError
-from controlplane.api import exec_routes, extras, schemas, terminal
+from controlplane.api import exec_routes, extras, schemas, terminal, wake
 from controlplane.api.envelope import failure, success
 from controlplane.api.wire import json_response, read_json_body
 from controlplane.errors import ApiError
@@ -74,7 +74,7 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
     async def authenticate() -> None:
         g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
         g.started = time.monotonic()
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or wake.takes_access_token(request.method, request.path):
             return
         g.api_key = apikeys.authenticate(store, request.headers.get("X-API-KEY"))
 
@@ -222,6 +222,9 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
         return json_response(success({"sandbox_id": rec.id, "metrics": items}))
 
     exec_routes.register(app, service=service, secret=settings.secret)
+    wake.register(app, service=service, secret=settings.secret)
     terminal.register(app, service=service, store=store, secret=settings.secret)
-    extras.register(app, service=service, domain=settings.domain, public_port=settings.public_port)
+    extras.register(
+        app, service=service, domain=settings.domain, public_port=settings.public_port, secret=settings.secret
+    )
     return app

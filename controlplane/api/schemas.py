@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, unquote
 
 from controlplane.errors import BadRequest
 from controlplane.lifecycle.states import State, sdk_status
+from controlplane.ports import normalise, parse_ports
 from controlplane.records import CreateRequest, SandboxRecord
 
 MIN_TIMEOUT = 1
@@ -28,7 +29,6 @@ MAX_STRING = 4096
 # The agent reads its own settings from SCALEBOX_* variables.
 RESERVED_ENV_PREFIX = "SCALEBOX_"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,40 +114,6 @@ def string_map_field(body: dict[str, Any], key: str, limit: int, name_re: re.Pat
     return out
 
 
-def _ports(body: dict[str, Any]) -> list[dict[str, Any]]:
-    value = body.get("custom_ports")
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadRequest("custom_ports must be an array of {port, name}", code="invalid_field")
-    ports: list[dict[str, Any]] = []
-    seen_ports: set[int] = set()
-    seen_names: set[str] = set()
-    for i, item in enumerate(value):
-        port = port_field(item, f"custom_ports[{i}]")
-        if port["port"] in seen_ports or port["name"] in seen_names:
-            raise BadRequest(f"custom_ports[{i}]: port numbers and names must be unique", code="invalid_field")
-        seen_ports.add(port["port"])
-        seen_names.add(port["name"])
-        ports.append(port)
-    return ports
-
-
-def port_field(value: Any, where: str) -> dict[str, Any]:
-    """One `{port, name, protocol}`, validated; `where` names it in errors."""
-    item = json_object(value, where)
-    port = int_field(item, "port", 0, 1, 65535)
-    if port == 0:
-        raise BadRequest(f"{where}.port is required", code="invalid_field")
-    name = item.get("name")
-    if not isinstance(name, str) or not _PORT_NAME.fullmatch(name):
-        raise BadRequest(f"{where}.name must be 1-15 lowercase letters, digits or '-'", code="invalid_field")
-    protocol = item.get("protocol") or "TCP"
-    if protocol not in ("TCP", "UDP"):
-        raise BadRequest(f"{where}.protocol must be TCP or UDP", code="invalid_field")
-    return {"port": port, "name": name, "protocol": protocol}
-
-
 def parse_create(body: Any, limits: HostLimits) -> CreateRequest:
     body = json_object(body, "request body")
     for key in _UNSUPPORTED:
@@ -173,7 +139,7 @@ def parse_create(body: Any, limits: HostLimits) -> CreateRequest:
         auto_pause=bool_field(body, "auto_pause", False),
         secure=bool_field(body, "secure", True),
         is_async=bool_field(body, "is_async", False),
-        custom_ports=_ports(body),
+        custom_ports=parse_ports(body.get("custom_ports")),
     )
 
 
@@ -304,8 +270,8 @@ def sandbox_json(rec: SandboxRecord, exposure: Exposure, now: float) -> dict[str
         "auto_pause": rec.auto_pause,
         "metadata": rec.metadata,
         "env_vars": rec.env_vars,
-        "custom_ports": rec.custom_ports,
-        "ports": rec.custom_ports,
+        "custom_ports": [normalise(p) for p in rec.custom_ports],
+        "ports": [normalise(p) for p in rec.custom_ports],
         "created_at": iso(rec.created_at),
         "updated_at": iso(rec.updated_at),
         "started_at": iso(rec.started_at),

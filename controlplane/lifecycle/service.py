@@ -9,10 +9,12 @@ a per-sandbox lock; different sandboxes proceed concurrently.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -23,6 +25,8 @@ from controlplane.lifecycle import states
 from controlplane.lifecycle.pool import Warm, WarmPool
 from controlplane.lifecycle.probe import wait_until_healthy
 from controlplane.lifecycle.states import LIVE, State
+from controlplane.ports import PortRequest, conflict, declare, normalise
+from controlplane.porttokens import MAX_TOKENS_PER_SANDBOX, TokenRequest, live, token_record
 from controlplane.records import CreateRequest, SandboxRecord
 from controlplane.runtime.base import (
     AGENT_MOUNT,
@@ -62,6 +66,8 @@ class LifecycleConfig:
     pool_cpu_count: int = 1
     pool_memory_mb: int = 512
     pool_check_interval: float = 5.0
+    # Host ports that tcp and tls ports may ask to be forwarded from (inclusive); None: none.
+    host_ports: tuple[int, int] | None = None
 
 
 class SandboxService:
@@ -163,7 +169,7 @@ class SandboxService:
             name=req.name,
             metadata=dict(req.metadata),
             env_vars=dict(req.env_vars),
-            custom_ports=list(req.custom_ports),
+            custom_ports=[*self._declare(req.custom_ports)],
             created_at=now,
             updated_at=now,
         )
@@ -315,7 +321,9 @@ class SandboxService:
         async with self._lock(sandbox_id):
             return await self._pause(self.get(sandbox_id))
 
-    async def _pause(self, rec: SandboxRecord) -> SandboxRecord:
+    async def _pause(self, rec: SandboxRecord, *, reason: str | None = None) -> SandboxRecord:
+        """`reason` is recorded from the start: a crash mid-pause leaves a row that still
+        says why (AUTO_PAUSE_REASON: traffic may wake it)."""
         if rec.state is State.PAUSED:
             raise Conflict(f"sandbox {rec.id} is already paused", code="already_paused")
         if rec.state is not State.RUNNING:
@@ -323,11 +331,12 @@ class SandboxService:
                 f"sandbox {rec.id} is {rec.state.value}; only a running sandbox can be paused", code="invalid_state"
             )
         assert rec.container_id is not None
-        rec = self._save(rec, state=State.PAUSING)
+        before = rec.reason
+        rec = self._save(rec, state=State.PAUSING, reason=reason)
         try:
             await self.runtime.pause(rec.container_id or "")
         except RuntimeFailure as exc:
-            self._save(rec, state=State.RUNNING)
+            self._save(rec, state=State.RUNNING, reason=before)
             raise Unavailable(f"pausing sandbox {rec.id} failed: {exc}", code="pause_failed") from exc
         return self._save(rec, state=State.PAUSED, paused_at=self.clock())
 
@@ -339,21 +348,39 @@ class SandboxService:
                 if timeout is not None:
                     rec = self._save(rec, timeout=timeout, timeout_at=self.clock() + timeout)
                 return rec
-            if rec.state is not State.PAUSED:
-                raise Conflict(
-                    f"sandbox {rec.id} is {rec.state.value}; only a paused sandbox can be resumed", code="invalid_state"
-                )
-            assert rec.container_id is not None
-            rec = self._save(rec, state=State.RESUMING)
-            try:
-                await self.runtime.unpause(rec.container_id or "")
-            except RuntimeFailure as exc:
-                self._save(rec, state=State.PAUSED)
-                raise Unavailable(f"resuming sandbox {rec.id} failed: {exc}", code="resume_failed") from exc
-            seconds = timeout if timeout is not None else rec.timeout
-            now = self.clock()
-            # A resumed sandbox gets a fresh lifetime: its clock stopped while paused.
-            return self._save(rec, state=State.RUNNING, timeout=seconds, timeout_at=now + seconds, paused_at=None)
+            return await self._resume(rec, timeout)
+
+    async def wake(self, sandbox_id: str) -> SandboxRecord:
+        """Resume a sandbox that auto_pause put to sleep, for traffic that came for it
+        (gateway/wake.py); a running one is returned as it is. One paused through the
+        API stays paused: its user paused it on purpose."""
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            if rec.state is State.RUNNING:
+                return rec
+            if not states.wakes_on_traffic(rec.state, rec.reason):
+                how = " through the API; resume it through the API" if rec.state is State.PAUSED else ""
+                raise Conflict(f"sandbox {rec.id} is {rec.state.value}{how}", code="not_wakeable")
+            return await self._resume(rec, None)
+
+    async def _resume(self, rec: SandboxRecord, timeout: int | None) -> SandboxRecord:
+        if rec.state is not State.PAUSED:
+            raise Conflict(
+                f"sandbox {rec.id} is {rec.state.value}; only a paused sandbox can be resumed", code="invalid_state"
+            )
+        assert rec.container_id is not None
+        rec = self._save(rec, state=State.RESUMING)
+        try:
+            await self.runtime.unpause(rec.container_id or "")
+        except RuntimeFailure as exc:
+            self._save(rec, state=State.PAUSED)
+            raise Unavailable(f"resuming sandbox {rec.id} failed: {exc}", code="resume_failed") from exc
+        seconds = timeout if timeout is not None else rec.timeout
+        now = self.clock()
+        # A resumed sandbox gets a fresh lifetime: its clock stopped while paused.
+        return self._save(
+            rec, state=State.RUNNING, timeout=seconds, timeout_at=now + seconds, paused_at=None, reason=None
+        )
 
     async def set_timeout(self, sandbox_id: str, seconds: int) -> SandboxRecord:
         async with self._lock(sandbox_id):
@@ -364,26 +391,79 @@ class SandboxService:
                 )
             return self._save(rec, timeout=seconds, timeout_at=self.clock() + seconds)
 
-    async def add_port(self, sandbox_id: str, port: dict[str, object]) -> SandboxRecord:
+    def _declare(self, requests: Sequence[PortRequest]) -> Sequence[dict[str, Any]]:
+        """Stored declarations for `requests`, host ports allocated."""
+        used = {
+            int(p["host_port"]) for rec in self.store.sandboxes_in(LIVE) for p in rec.custom_ports if p.get("host_port")
+        }
+        span = self.config.host_ports
+        wanted = sum(1 for r in requests if r.host_port == 0)
+        if span is not None and wanted:
+            # Something else on the machine (a host service, another appliance, a
+            # client's ephemeral port) may hold a port of the range: hand out only
+            # ports that can be bound now, or the gateway could not listen on them.
+            # Ports asked for by number are left to the forwarder to report.
+            for candidate in range(span[0], span[1] + 1):
+                if wanted == 0:
+                    break
+                if candidate in used:
+                    continue
+                if _bindable(candidate):
+                    wanted -= 1
+                else:
+                    used.add(candidate)
+        return declare(requests, used, span)
+
+    async def add_port(self, sandbox_id: str, port: PortRequest) -> SandboxRecord:
         async with self._lock(sandbox_id):
             rec = self.get(sandbox_id)
             if rec.state in (State.TERMINATING, State.TERMINATED, State.FAILED):
                 raise Conflict(f"sandbox {rec.id} is {rec.state.value}", code="invalid_state")
-            for existing in rec.custom_ports:
-                if existing["port"] == port["port"] or existing["name"] == port["name"]:
-                    raise Conflict(
-                        f"sandbox {rec.id} already declares port {existing['port']} ({existing['name']})",
-                        code="port_exists",
-                    )
-            return self._save(rec, custom_ports=[*rec.custom_ports, dict(port)])
+            clash = conflict(port, rec.custom_ports)
+            if clash is not None:
+                raise Conflict(f"sandbox {rec.id}: {clash}", code="port_exists")
+            return self._save(rec, custom_ports=[*rec.custom_ports, *self._declare([port])])
 
     async def remove_port(self, sandbox_id: str, port: int) -> SandboxRecord:
+        """Undeclare a port; its tokens go with it."""
         async with self._lock(sandbox_id):
             rec = self.get(sandbox_id)
             kept = [p for p in rec.custom_ports if p["port"] != port]
             if len(kept) == len(rec.custom_ports):
                 raise NotFound(f"sandbox {rec.id} declares no port {port}", code="port_not_found")
-            return self._save(rec, custom_ports=kept)
+            tokens = [t for t in rec.port_tokens if t["port"] != port]
+            return self._save(rec, custom_ports=kept, port_tokens=tokens)
+
+    async def add_port_token(
+        self, sandbox_id: str, port: int, req: TokenRequest
+    ) -> tuple[SandboxRecord, dict[str, object]]:
+        """Record a new token for a declared port; expired ones are dropped on the way."""
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            if rec.state not in LIVE:
+                raise Conflict(f"sandbox {rec.id} is {rec.state.value}", code="invalid_state")
+            if not any(normalise(p)["port"] == port for p in rec.custom_ports):
+                raise NotFound(
+                    f"sandbox {rec.id} declares no port {port}; declare it (POST .../ports) first",
+                    code="port_not_found",
+                )
+            now = self.clock()
+            tokens = live(rec.port_tokens, now)
+            if len(tokens) >= MAX_TOKENS_PER_SANDBOX:
+                raise Conflict(
+                    f"sandbox {rec.id} has {len(tokens)} live port tokens, the most allowed; revoke some first",
+                    code="too_many_tokens",
+                )
+            record = token_record(random_id("", 16), port, req, now)
+            return self._save(rec, port_tokens=[*tokens, record]), record
+
+    async def revoke_port_token(self, sandbox_id: str, port: int, token_id: str) -> SandboxRecord:
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            kept = [t for t in rec.port_tokens if not (t["id"] == token_id and t["port"] == port)]
+            if len(kept) == len(rec.port_tokens):
+                raise NotFound(f"port {port} of sandbox {rec.id} has no token {token_id[:40]}", code="token_not_found")
+            return self._save(rec, port_tokens=kept)
 
     async def logs(self, sandbox_id: str, tail: int) -> bytes:
         rec = self.get(sandbox_id)
@@ -419,7 +499,7 @@ class SandboxService:
                 log.event("sandbox.timeout", sandbox_id=rec.id, auto_pause=rec.auto_pause)
                 try:
                     if current.auto_pause:
-                        await self._pause(current)
+                        await self._pause(current, reason=states.AUTO_PAUSE_REASON)
                     else:
                         await self._terminate(current, reason="timeout")
                 except ApiError as exc:
@@ -495,6 +575,25 @@ class SandboxService:
             if state is State.RUNNING:
                 changes["timeout_at"] = now + rec.timeout
         self.store.put_sandbox(replace(rec, updated_at=now, **changes))  # type: ignore[arg-type]
+
+
+def _bindable(port: int) -> bool:
+    """Whether a listener could take `port` on every interface now (as the gateway's host
+    port listeners would: SO_REUSEADDR, so a connection in TIME_WAIT does not count)."""
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 on this machine
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
 
 
 def _reason(exc: BaseException) -> str:

@@ -42,6 +42,15 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 # States in which the sandbox's processes exist and may hold resources.
 LIVE = frozenset({S.STARTING, S.RUNNING, S.PAUSING, S.PAUSED, S.RESUMING})
 
+# The reason recorded on a sandbox that its timeout paused (auto_pause). Traffic for
+# such a sandbox resumes it (wake on traffic); one paused through the API stays paused.
+AUTO_PAUSE_REASON = "auto_pause"
+
+
+def wakes_on_traffic(state: State, reason: str | None) -> bool:
+    """Asleep by auto_pause (or being resumed from it): a request for it may wake it."""
+    return state in (S.PAUSED, S.RESUMING) and reason == AUTO_PAUSE_REASON
+
 
 class InvalidTransition(Exception):
     def __init__(self, current: State, target: State) -> None:

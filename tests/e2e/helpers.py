@@ -55,7 +55,9 @@ def wait_port(app: Appliance, client: httpx.Client, sandbox_id: str, port: int) 
     wait_for(up, 15, f"port {port} in {sandbox_id}")
 
 
-def websocket_echo(app: Appliance, host_label: str, message: str, *, tls: bool = True) -> str:
+def websocket_echo(
+    app: Appliance, host_label: str, message: str, *, tls: bool = True, headers: list[tuple[str, str]] | None = None
+) -> str:
     """Open a WebSocket through the gateway, send one text message, return the echo."""
     host = f"{host_label}.{DOMAIN}"
     raw = socket.create_connection(("127.0.0.1", app.port), timeout=10)
@@ -65,7 +67,9 @@ def websocket_echo(app: Appliance, host_label: str, message: str, *, tls: bool =
         sock = ctx.wrap_socket(raw, server_hostname=host)
     conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     with sock:
-        sock.sendall(conn.send(ws.Request(host=f"{host}:{app.port}", target="/")))
+        extra = [(k.encode(), v.encode()) for k, v in headers or []]
+        request = ws.Request(host=f"{host}:{app.port}", target="/", extra_headers=extra)
+        sock.sendall(conn.send(request))
         reply = ""
         accepted = False
         while True:

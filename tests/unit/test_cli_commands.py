@@ -97,9 +97,13 @@ class FakeApi:
             case "GET", "/ports":
                 return self.ok({"sandbox_id": sid, "ports": sandbox["custom_ports"]})
             case "POST", "/ports":
-                port = {**body, "url": f"https://{body['port']}-{sandbox['sandbox_domain']}/"}
+                domain = sandbox["sandbox_domain"]
+                port = {"access": "public", **body, "address": f"{body['port']}-{domain.split(':')[0]}"}
                 sandbox["custom_ports"].append(port)
                 return self.ok(port, 201)
+            case "POST", "/ports/3000/tokens":
+                url = f"https://3000-{sandbox['sandbox_domain']}/?token=spt_x.y"
+                return self.ok({"token": "spt_x.y", "browser_url": url}, 201)
             case "GET", "/logs":
                 lines = ["boot", "[red]ready[/red]"][-int(request.url.params.get("tail", 200)) :]
                 return self.ok({"sandbox_id": sid, "lines": lines})
@@ -286,14 +290,24 @@ def test_url_ports_and_logs(api: FakeApi) -> None:
 
     added = logged_in("-o", "json", "sandbox", "port", "add", "sbx-abc", "8080")
     assert json.loads(added.stdout)["name"] == "port-8080"
-    assert json.loads(api.requests[-1].content) == {"port": 8080, "name": "port-8080", "protocol": "TCP"}
+    assert json.loads(api.requests[-1].content) == {"port": 8080, "name": "port-8080", "protocol": "http"}
+    logged_in("sandbox", "port", "add", "sbx-abc", "5432", "--protocol", "TCP", "--host-port", "--name", "db")
+    assert json.loads(api.requests[-1].content) == {"port": 5432, "name": "db", "protocol": "tcp", "host_port": True}
+    logged_in("sandbox", "port", "add", "sbx-abc", "3000", "--private")
+    assert json.loads(api.requests[-1].content)["access"] == "private"
     listed = logged_in("sandbox", "port", "list", "sbx-abc")
     assert listed.stdout.splitlines()[2].split() == [
         "8080",
         "port-8080",
-        "TCP",
-        "https://8080-sbx-abc.sbx.localhost:8443/",
+        "http",
+        "public",
+        "8080-sbx-abc.sbx.localhost",
+        "-",
     ]
+
+    minted = logged_in("sandbox", "port", "token", "sbx-abc", "3000", "--expires-in", "60", "--method", "GET")
+    assert json.loads(api.requests[-1].content) == {"expires_in": 60, "methods": ["GET"]}
+    assert minted.stdout.splitlines() == ["spt_x.y", "https://3000-sbx-abc.sbx.localhost:8443/?token=spt_x.y"]
 
     logs = logged_in("sandbox", "logs", "sbx-abc", "--tail", "1")
     assert logs.stdout == "[red]ready[/red]\n"

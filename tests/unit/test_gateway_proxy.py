@@ -681,10 +681,13 @@ async def ws_echo_handler(up: Upstream, stream: trio.SocketStream) -> None:
             return
 
 
-async def websocket_echo_roundtrip(stream: trio.abc.Stream, host: str, messages: list[str]) -> list[str]:
+async def websocket_echo_roundtrip(
+    stream: trio.abc.Stream, host: str, messages: list[str], *, cookie: str | None = None
+) -> list[str]:
     """Open a WebSocket over `stream` with wsproto, send `messages`, return the echoes."""
     conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-    await stream.send_all(conn.send(ws.Request(host=host, target="/ws")))
+    extra = [(b"cookie", cookie.encode())] if cookie is not None else []
+    await stream.send_all(conn.send(ws.Request(host=host, target="/ws", extra_headers=extra)))
     echoes: list[str] = []
     accepted = False
     while len(echoes) < len(messages):

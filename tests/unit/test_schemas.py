@@ -119,7 +119,7 @@ def test_parse_create_all_fields() -> None:
             "auto_pause": True,
             "secure": False,
             "is_async": True,
-            "custom_ports": [{"port": 3000, "name": "web"}, {"port": 53, "name": "dns", "protocol": "UDP"}],
+            "custom_ports": [{"port": 3000, "name": "web"}, {"port": 53, "name": "dns", "protocol": "tcp"}],
         },
         LIMITS,
     )
@@ -128,9 +128,9 @@ def test_parse_create_all_fields() -> None:
     assert req.metadata == {"owner": "me", "a.b": "c"}
     assert req.env_vars == {"FOO": "bar", "_X1": ""}
     assert (req.allow_internet_access, req.auto_pause, req.secure, req.is_async) == (False, True, False, True)
-    assert req.custom_ports == [
-        {"port": 3000, "name": "web", "protocol": "TCP"},
-        {"port": 53, "name": "dns", "protocol": "UDP"},
+    assert [p.stored(None) for p in req.custom_ports] == [
+        {"port": 3000, "name": "web", "protocol": "http", "access": "public", "host_port": None},
+        {"port": 53, "name": "dns", "protocol": "tcp", "access": "public", "host_port": None},
     ]
 
 
@@ -271,7 +271,7 @@ def test_parse_create_env_var_value_must_be_string() -> None:
         ("3000", ("custom_ports",)),
         ({"port": 3000}, ("custom_ports",)),
         ([3000], ("custom_ports[0]", "object")),
-        ([None], ("custom_ports[0].port",)),
+        ([None], ("custom_ports[0]", "object")),
         ([{"name": "web"}], ("custom_ports[0].port", "required")),
         ([{"port": 0, "name": "web"}], ("port",)),
         ([{"port": 65536, "name": "web"}], ("port",)),
@@ -279,7 +279,6 @@ def test_parse_create_env_var_value_must_be_string() -> None:
         ([{"port": True, "name": "web"}], ("port",)),
         ([{"port": "3000", "name": "web"}], ("port",)),
         ([{"port": 3000.5, "name": "web"}], ("port",)),
-        ([{"port": 3000}], ("custom_ports[0].name",)),
         ([{"port": 3000, "name": ""}], ("custom_ports[0].name",)),
         ([{"port": 3000, "name": "Web"}], ("custom_ports[0].name",)),
         ([{"port": 3000, "name": "-web"}], ("custom_ports[0].name",)),
@@ -288,9 +287,10 @@ def test_parse_create_env_var_value_must_be_string() -> None:
         ([{"port": 3000, "name": "web\n"}], ("custom_ports[0].name",)),
         ([{"port": 3000, "name": 5}], ("custom_ports[0].name",)),
         ([{"port": 3000, "name": "web", "protocol": "SCTP"}], ("custom_ports[0].protocol",)),
-        ([{"port": 3000, "name": "web", "protocol": "tcp"}], ("custom_ports[0].protocol",)),
-        ([{"port": 3000, "name": "web"}, {"port": 3000, "name": "api"}], ("custom_ports[1]", "unique")),
-        ([{"port": 3000, "name": "web"}, {"port": 3001, "name": "web"}], ("custom_ports[1]", "unique")),
+        ([{"port": 3000, "name": "web", "protocol": "UDP"}], ("custom_ports[0].protocol", "UDP")),
+        ([{"port": 3000, "name": "web", "protocol": "Http"}], ("custom_ports[0].protocol",)),
+        ([{"port": 3000, "name": "web"}, {"port": 3000, "name": "api"}], ("custom_ports[1]", "already declared")),
+        ([{"port": 3000, "name": "web"}, {"port": 3001, "name": "web"}], ("custom_ports[1]", "already used")),
     ],
 )
 def test_parse_create_custom_ports_refused(ports: Any, words: tuple[str, ...]) -> None:
@@ -303,15 +303,17 @@ def test_parse_create_custom_ports_edges_and_defaults() -> None:
             "custom_ports": [
                 {"port": 1, "name": "a"},
                 {"port": 65535.0, "name": "b" * 15, "protocol": None},
-                {"port": 8080, "name": "x-1", "protocol": "UDP"},
+                {"port": 8080, "name": "x-1", "protocol": "TCP"},
+                {"port": 8081},
             ]
         },
         LIMITS,
     )
-    assert req.custom_ports == [
-        {"port": 1, "name": "a", "protocol": "TCP"},
-        {"port": 65535, "name": "b" * 15, "protocol": "TCP"},
-        {"port": 8080, "name": "x-1", "protocol": "UDP"},
+    assert [(p.port, p.name, p.protocol) for p in req.custom_ports] == [
+        (1, "a", "http"),
+        (65535, "b" * 15, "http"),
+        (8080, "x-1", "http"),
+        (8081, "port-8081", "http"),
     ]
     assert parse_create({"custom_ports": []}, LIMITS).custom_ports == []
 
@@ -686,7 +688,10 @@ def test_sandbox_json_is_json_serialisable() -> None:
 
     data = sandbox_json(record(custom_ports=[{"port": 3000, "name": "web", "protocol": "TCP"}]), exposure(), NOW)
     assert json.loads(json.dumps(data)) == data
-    assert data["custom_ports"] == [{"port": 3000, "name": "web", "protocol": "TCP"}]
+    # A row from before protocols were http/tcp/tls reads in today's shape.
+    assert data["custom_ports"] == [
+        {"port": 3000, "name": "web", "protocol": "http", "access": "public", "host_port": None}
+    ]
 
 
 def test_status_json_is_exact() -> None:

@@ -18,6 +18,7 @@ from controlplane.lifecycle import service as service_module
 from controlplane.lifecycle.pool import FIRST_RETRY, MAX_RETRY, needs_fill, next_retry
 from controlplane.lifecycle.service import LABEL_SANDBOX, LifecycleConfig, SandboxService
 from controlplane.lifecycle.states import State
+from controlplane.ports import parse_ports
 from controlplane.records import CreateRequest, SandboxRecord
 from controlplane.runtime.base import ContainerSpec
 from controlplane.runtime.fake import BASE_IMAGE, FakeRuntime
@@ -192,7 +193,7 @@ async def test_pooled_container_is_what_a_fresh_create_makes(running: Env) -> No
     [
         {"timeout": 5, "name": "job", "metadata": {"k": "v"}},
         {"auto_pause": True, "allow_internet_access": False, "secure": False},
-        {"storage_gb": 10, "custom_ports": [{"port": 8080, "name": "web", "protocol": "TCP"}]},
+        {"storage_gb": 10, "custom_ports": parse_ports([{"port": 8080, "name": "web", "protocol": "tcp"}])},
         {"is_async": True},
         {"template": "tpl-base"},
     ],
@@ -204,7 +205,9 @@ async def test_fields_that_live_only_in_the_row_are_served_from_the_pool(running
     assert rec.id == pooled[0]
     assert rec.state is State.RUNNING
     for key, value in changes.items():
-        if key != "template":
+        if key == "custom_ports":
+            assert rec.custom_ports == [p.stored(None) for p in value]
+        elif key != "template":
             assert getattr(rec, key) == value
     assert rec.template_id == "base"
 
