@@ -122,7 +122,7 @@ def test_login_flags_then_the_sandbox_lifecycle(appliance: Appliance, tmp_path: 
 
     # ports and logs
     added = as_json(scalebox(home, "-o", "json", "sandbox", "port", "add", first["sandbox_id"], "8080", "--name=web"))
-    assert (added["port"], added["name"], added["protocol"], added["url"]) == (8080, "web", "TCP", url)
+    assert (added["port"], added["name"], added["protocol"], added["url"]) == (8080, "web", "http", url)
     ports = as_json(scalebox(home, "-o", "json", "sandbox", "port", "list", first["sandbox_id"]))
     assert [p["port"] for p in ports["ports"]] == [8080]
     assert "web" in ok(scalebox(home, "sandbox", "port", "list", first["sandbox_id"]))
