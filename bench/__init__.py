@@ -8,6 +8,7 @@ in the same run, in alternating order, because the machine is shared and noisy.
     create     create-to-ready vs raw podman create+start      bench.create
     gateway    HTTP/TLS req/s, added latency, TLS handshakes   bench.gateway (on bench.rig)
     websocket  WebSocket echo messages/s                       bench.wsecho (on bench.rig)
+    tcp        TCP behind TLS, TLS passthrough (nginx stream)  bench.tcp (on bench.tcprig)
     agent      commands.run("true"), transfers, via the SDK    bench.agent
     memory     memory per idle sandbox, 100 idle               bench.memory
     warm       create-to-ready with a warm pool                bench.warmpool

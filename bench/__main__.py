@@ -3,9 +3,9 @@
 Starts a real appliance on a temporary data dir, runs the benchmarks side by side
 with their baselines (raw Podman, nginx, direct), prints the tables and issue 6's
 targets, and removes everything it started: sandboxes, raw containers, nginx, the
-appliances. Phases: create, gateway, websocket, agent, memory (on one appliance),
-then warm (a second appliance with a warm pool). A phase that fails is reported
-and the others still run; the exit code is then 1.
+appliances. Phases: create, gateway, websocket, tcp, agent, memory (on one
+appliance), then warm (a second appliance with a warm pool). A phase that fails
+is reported and the others still run; the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import agent, create, gateway, machine, memory, procs, report, results, warmpool, wsecho
+from bench import agent, create, gateway, machine, memory, procs, report, results, tcp, warmpool, wsecho
 from bench.env import running_appliance
 from bench.rig import upstream_rig
+from bench.tcprig import tcp_rig
 
-PHASES = ["create", "gateway", "websocket", "agent", "memory", "warm"]
+PHASES = ["create", "gateway", "websocket", "tcp", "agent", "memory", "warm"]
 
 
 def _log(message: str) -> None:
@@ -90,6 +91,10 @@ def _appliance_phases(run: Run, wanted: set[str], quick: bool) -> None:
                     with run.phase("websocket"):
                         wplan = wsecho.WsPlan.quick() if quick else wsecho.WsPlan()
                         run.add("websocket", wsecho.run(rig, wplan, log=_log).to_json(), report.websocket_table)
+        if "tcp" in wanted:
+            with run.phase("tcp"), tcp_rig(app, log=_log) as trig:
+                tplan = tcp.TcpPlan.quick() if quick else tcp.TcpPlan()
+                run.add("tcp", tcp.run(trig, tplan, log=_log).to_json(), report.tcp_table)
         if "agent" in wanted:
             with run.phase("agent"):
                 aplan = agent.AgentPlan.quick() if quick else agent.AgentPlan()

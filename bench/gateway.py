@@ -27,7 +27,7 @@ from typing import Any
 from bench import client, handshakes, load, procs
 from bench.client import Connection, Target
 from bench.rig import Rig, rotated
-from bench.stats import median, percentile, ratio, summary
+from bench.stats import median, paired, percentile, ratio, summary
 
 HANDSHAKE_TARGETS = ("nginx https", "gateway https")
 
@@ -128,12 +128,6 @@ class GatewayResult:
             "nginx_config": self.nginx_config,
             "summary": summarize(self),
         }
-
-
-def paired(a: list[float], b: list[float], op: Callable[[float, float], float | None]) -> float | None:
-    """Median over rounds of op(a[i], b[i]): rounds are side by side, so drift between rounds cancels."""
-    values = [v for x, y in zip(a, b, strict=False) if (v := op(x, y)) is not None]
-    return median(values) if values else None
 
 
 def _minus(x: float, y: float) -> float:

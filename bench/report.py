@@ -218,3 +218,70 @@ def agent_table(data: dict[str, Any]) -> str:
     lines += [f"  note: {n}" for n in data.get("notes", [])]
     lines += [f"  FAILED: {f}" for f in data.get("failed", [])]
     return "\n".join(lines)
+
+
+TCP_TARGETS = ["direct tcp", "nginx tcp", "gateway tcp", "direct tls", "nginx tls", "gateway tls"]
+TCP_GROUPS = [("tcp", "behind TLS (tcp)"), ("tls", "passthrough (tls)")]
+
+
+def _added_us(group: dict[str, Any], name: str) -> str:
+    """The microseconds the gateway and nginx add over direct in one group, as "gw / nginx"."""
+    added = group.get("added_rtt_p50_us", {})
+    return f"{_fmt(added.get(f'gateway {name}'), '{:.0f}')} / {_fmt(added.get(f'nginx {name}'), '{:.0f}')}"
+
+
+def tcp_table(data: dict[str, Any]) -> str:
+    """`data` is `TcpResult.to_json()`."""
+    summ, plan = data["summary"], data["plan"]
+    names = [n for n in TCP_TARGETS if n in data["targets"]]
+    per = summ["targets"]
+
+    def cells(key: str, spec: str) -> list[str]:
+        return [_fmt(per.get(n, {}).get(key), spec) for n in names]
+
+    size = f"{plan['transfer_mib']} MiB x {plan['transfer_rounds']}"
+    msg = f"{plan['message_bytes']}-byte"
+    grid = [
+        (f"{msg} round trip p50 ms", cells("rtt_p50_ms", "{:.3f}")),
+        (f"{msg} round trip p99 ms", cells("rtt_p99_ms", "{:.3f}")),
+        ("new connection + echo p50 ms", cells("setup_p50_ms", "{:.2f}")),
+        ("new connection + echo p99 ms", cells("setup_p99_ms", "{:.2f}")),
+        (f"download MB/s ({size})", cells("download_mb_s", "{:.0f}")),
+        (f"upload MB/s ({size})", cells("upload_mb_s", "{:.0f}")),
+        ("proxy CPU s per GB moved", cells("proxy_cpu_s_per_gb", "{:.2f}")),
+        ("client CPU s per wall s", cells("client_busy", "{:.2f}")),
+    ]
+    rtts = plan["rtt_blocks"] * plan["rtt_block"]
+    title = (
+        f"raw TCP behind TLS and TLS passthrough: gateway vs nginx stream vs direct ({rtts} round trips and"
+        f" {plan['setup_rounds']} new connections per target; medians; MB = 10^6 bytes)"
+    )
+    lines = _grid(title, names, grid, width=34)
+    ratios = summ.get("ratios", {})
+    groups = [(g, label) for g, label in TCP_GROUPS if g in ratios]
+    if groups:
+        width = 44
+        lines += ["", "  gateway / nginx, median of paired rounds (time and CPU: > 1 is worse; MB/s: < 1 is worse)"]
+        lines.append(f"  {'':{width}}" + "".join(f"{label:>20}" for _, label in groups))
+        for label, key in [
+            ("round trip p50", "rtt_p50"),
+            ("round trip p99 (over every sample)", "rtt_p99"),
+            ("new connection + echo p50", "setup_p50"),
+            ("download MB/s", "download"),
+            ("upload MB/s", "upload"),
+            ("proxy CPU per GB moved", "proxy_cpu_per_gb"),
+        ]:
+            lines.append(
+                f"  {label:{width}}" + "".join(f"{_fmt(ratios[g].get(key), '{:.2f}x'):>20}" for g, _ in groups)
+            )
+        added = "round trip p50 added over direct, us (gw / nginx)"
+        lines.append(f"  {added:{width}}" + "".join(f"{_added_us(ratios[g], g):>20}" for g, _ in groups))
+    lines.append("  note: direct tcp is plaintext, so the tcp group's time added over direct includes TLS itself")
+    if summ.get("client_bound"):
+        bound = ", ".join(summ["client_bound"])
+        lines.append(
+            f"  note: the client was near a core busy in the transfers of {bound}: MB/s there may be its limit"
+        )
+    lines += [f"  note: {n}" for n in data.get("notes", [])]
+    lines += [f"  FAILED: {f}" for f in data.get("failed", [])]
+    return "\n".join(lines)

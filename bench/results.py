@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 NOT_MEASURED = "not measured"
-NO_TCP = "not measured: the gateway has no TCP mode yet"
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def _verdict(value: Any, ok: Callable[[float], bool]) -> str:
     return "yes" if ok(v) else "no"
 
 
-RPS, MS, RATIO = "{:,.0f}", "{:.1f} ms", "{:.2f}x"
+RPS, MS, MS2, MBS, RATIO = "{:,.0f}", "{:.1f} ms", "{:.2f} ms", "{:,.0f} MB/s", "{:.2f}x"
 
 
 def _http_rows(gw: dict[str, Any] | None) -> list[Row]:
@@ -106,7 +105,34 @@ def _http_rows(gw: dict[str, Any] | None) -> list[Row]:
             _fmt(_get(hs, "gateway https", "per_s"), RPS), _fmt(_get(hs, "nginx https", "per_s"), RPS),
             _fmt(hs.get("ratio"), RATIO), "-", "-")
     )  # fmt: skip
-    out.append(Row("raw TCP throughput, 1 GiB (vs nginx stream)", NO_TCP, NOT_MEASURED, "-", ">= 0.9x", NOT_MEASURED))
+    return out
+
+
+def _tcp_rows(tcp: dict[str, Any] | None) -> list[Row]:
+    """Issue 6's raw TCP target (behind TLS, each way), then passthrough and the per-message costs."""
+    per = _get(tcp, "summary", "targets") or {}
+    ratios = _get(tcp, "summary", "ratios") or {}
+    mib = _get(tcp, "plan", "transfer_mib")
+    size = f" {mib} MiB" if mib else ""
+    out = []
+    for group, what, target in (("tcp", "raw TCP throughput behind TLS", ">= 0.9x"),
+                                ("tls", "TLS passthrough throughput", "-")):  # fmt: skip
+        ours, theirs = per.get(f"gateway {group}", {}), per.get(f"nginx {group}", {})
+        for way in ("download", "upload"):
+            ratio = _get(ratios, group, way)
+            met = _verdict(ratio, lambda r: r >= 0.9) if target != "-" else "-"
+            out.append(
+                Row(f"{what}, {way}{size} (vs nginx stream)", _fmt(ours.get(f"{way}_mb_s"), MBS),
+                    _fmt(theirs.get(f"{way}_mb_s"), MBS), _fmt(ratio, RATIO), target, met)
+            )  # fmt: skip
+    for group, what in (("tcp", "TCP behind TLS"), ("tls", "TLS passthrough")):
+        ours, theirs = per.get(f"gateway {group}", {}), per.get(f"nginx {group}", {})
+        for label, key, ratio_key in (("echo round trip p50", "rtt_p50_ms", "rtt_p50"),
+                                      ("new connection + first echo p50", "setup_p50_ms", "setup_p50")):  # fmt: skip
+            out.append(
+                Row(f"{what} {label} (vs nginx stream)", _fmt(ours.get(key), MS2), _fmt(theirs.get(key), MS2),
+                    _fmt(_get(ratios, group, ratio_key), RATIO), "-", "-")
+            )  # fmt: skip
     return out
 
 
@@ -179,6 +205,7 @@ def _memory_rows(memory: dict[str, Any] | None) -> list[Row]:
 def rows(out: dict[str, Any]) -> list[Row]:
     return [
         *_http_rows(out.get("gateway")),
+        *_tcp_rows(out.get("tcp")),
         *_ws_rows(out.get("websocket")),
         *_create_rows(out.get("create"), out.get("warm_pool")),
         *_agent_rows(out.get("agent")),
@@ -197,7 +224,9 @@ Ratios are ours / baseline, from the same run; req/s and messages/s ratios are t
 median of per-round ratios (targets rotated round by round). "Added" latency is a
 proxy's wrk percentile minus the direct upstream's in the same round. Baselines:
 nginx (`worker_processes auto`, keep-alive upstream, same certificate) in front of
-the same in-sandbox upstream; raw `podman create` + `podman start` of the same image,
+the same in-sandbox upstream; for raw TCP, nginx's stream module (TLS ended with the
+same certificate, or passed through by `ssl_preread` routing on the SNI) in front of
+one in-sandbox echo/bulk service; raw `podman create` + `podman start` of the same image,
 command and mounts until the same agent answers `/health`. "New" TLS handshakes are
 full ones (a client that never resumes a session: wrk with `Connection: close`
 resumes, so its numbers are the "resumed" row). The load generators share the 2

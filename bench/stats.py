@@ -1,10 +1,10 @@
-"""Small statistics over samples: medians, nearest-rank percentiles, safe ratios."""
+"""Small statistics over samples: medians, nearest-rank percentiles, safe ratios, paired rounds."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def median(values: Sequence[float]) -> float:
@@ -25,6 +25,12 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or math.isnan(a) or math.isnan(b) or b == 0:
         return None
     return a / b
+
+
+def paired(a: Sequence[float], b: Sequence[float], op: Callable[[float, float], float | None]) -> float | None:
+    """Median over rounds of op(a[i], b[i]): rounds are side by side, so drift between rounds cancels."""
+    values = [v for x, y in zip(a, b, strict=False) if (v := op(x, y)) is not None]
+    return median(values) if values else None
 
 
 def summary(values: Sequence[float]) -> dict[str, float | int]:

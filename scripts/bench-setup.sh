@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# What `make bench` needs beyond `make setup`: nginx (the reference proxy) and wrk
-# (the load generator), from Debian. Idempotent and quick when both are present.
+# What `make bench` needs beyond `make setup`: nginx (the reference proxy) with its
+# stream module (the reference for raw TCP behind TLS and TLS passthrough: Debian
+# builds it as a dynamic module, packaged apart) and wrk (the load generator), from
+# Debian. Idempotent and quick when all are present.
 #
 # The bench runs nginx itself, from a config in a temporary directory; the
 # package's own service is not started by this install (policy-rc.d denies it
@@ -11,9 +13,20 @@ log() { printf 'bench-setup: %s\n' "$*" >&2; }
 
 have_nginx() { command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; }
 have_wrk() { command -v wrk >/dev/null 2>&1; }
+# Built in (`--with-stream`), or Debian's dynamic module installed where -V says modules live.
+have_stream() {
+    have_nginx || return 1
+    local build
+    build=$(nginx -V 2>&1 || /usr/sbin/nginx -V 2>&1)
+    grep -Eq -- '--with-stream( |$)' <<<"$build" && return 0
+    local modules
+    modules=$(grep -Eo -- '--modules-path=[^ ]+' <<<"$build" | cut -d= -f2)
+    [[ -e ${modules:-/usr/lib/nginx/modules}/ngx_stream_module.so ]]
+}
 
 missing=()
 have_nginx || missing+=(nginx)
+have_stream || missing+=(libnginx-mod-stream)
 have_wrk || missing+=(wrk)
 if ((${#missing[@]} == 0)); then
     exit 0
@@ -41,4 +54,5 @@ if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 have_nginx || { log "nginx is still missing"; exit 1; }
+have_stream || { log "nginx's stream module is still missing"; exit 1; }
 have_wrk || { log "wrk is still missing"; exit 1; }
