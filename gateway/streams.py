@@ -52,10 +52,45 @@ def _half_closeable(stream: trio.abc.Stream) -> bool:
     return isinstance(stream, trio.abc.HalfCloseableStream)
 
 
+def _holds_more(stream: trio.abc.Stream) -> bool:
+    """Whether a TLS stream already holds received bytes it has not handed out.
+
+    trio's SSLStream returns one TLS record (at most 16 KiB) per receive_some however
+    much is asked for, so a bulk upload through TLS would cost a send per record. The
+    records that arrived together can be gathered first: reading these two buffer
+    sizes is only a hint (the reads still go through receive_some), and without
+    the attributes the splice just goes record by record as before.
+    """
+    if isinstance(stream, PrefixedStream):
+        stream = stream.stream
+    if not isinstance(stream, trio.SSLStream):
+        return False
+    try:
+        return bool(stream._ssl_object.pending() or stream._incoming.pending)
+    except AttributeError:
+        return False
+
+
+async def _receive_gathered(src: trio.abc.Stream) -> bytes:
+    """Up to CHUNK bytes: one receive, then whatever `src` already holds (see _holds_more)."""
+    data = bytes(await src.receive_some(CHUNK))
+    if not data or not _holds_more(src):
+        return data
+    parts = [data]
+    size = len(data)
+    while size < CHUNK and _holds_more(src):
+        more = await src.receive_some(CHUNK - size)
+        if not more:
+            break  # the end: the next receive says so again
+        parts.append(bytes(more))
+        size += len(more)
+    return b"".join(parts)
+
+
 async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, activity: _Activity, moved: list[int]) -> bool:
     """Copy until `src` ends, counting into `moved[0]`; return whether `dst` could be told of the end."""
     try:
-        while data := await src.receive_some(CHUNK):
+        while data := await _receive_gathered(src):
             activity.last = trio.current_time()
             await dst.send_all(data)
             moved[0] += len(data)

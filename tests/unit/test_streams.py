@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import ssl
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
+from gateway import streams
 from gateway.streams import PrefixedStream, splice
 
 DEADLINE = 2.0
@@ -168,3 +171,26 @@ async def test_splice_passes_a_half_close_through_a_prefixed_socket_like_stream(
             assert await upstream.receive_some() == b"still open"
             await client.send_eof()
             assert await upstream.receive_some() == b""
+
+
+async def test_tls_records_that_arrived_together_are_relayed_in_one_send() -> None:
+    # trio hands out one TLS record (16 KiB at most) per receive; splice gathers the
+    # records already received so a bulk upload costs one send per 64 KiB, not four.
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("gather.test").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    with trio.fail_after(DEADLINE):
+        a, b = trio.testing.memory_stream_pair()
+        client = trio.SSLStream(a, client_ctx, server_hostname="gather.test")
+        server = trio.SSLStream(b, server_ctx, server_side=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.do_handshake)
+            await server.do_handshake()
+        payload = bytes(range(256)) * 256  # 64 KiB: four records
+        await client.send_all(payload)
+        await client.aclose()  # close_notify after the data
+        got = await streams._receive_gathered(server)
+        assert got == payload
+        assert await streams._receive_gathered(server) == b""
