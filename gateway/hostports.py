@@ -35,7 +35,7 @@ import trio
 from appliance import log
 from gateway.caps import Counts, address_key
 from gateway.proxy import Waker
-from gateway.streams import splice
+from gateway.streams import peer_of, splice
 from gateway.upstream import TcpAddress, UpstreamUnavailable, open_stream
 
 
@@ -251,7 +251,7 @@ class HostPortForwarder:
             connections.start_soon(self._handle, port, stream)
 
     async def _handle(self, port: int, stream: trio.SocketStream) -> None:
-        host, peer = _peer(stream)
+        host, peer = peer_of(stream)
         key = address_key(host)
         started = time.monotonic()
         fields: dict[str, object] = {"peer": peer, "host_port": port, "mode": "host_port", "worker": 0}
@@ -316,13 +316,3 @@ class HostPortForwarder:
             if conn.ended:
                 fields["outcome"] = "host_port_released"
             fields |= {"bytes_in": moved[0], "bytes_out": moved[1]}
-
-
-def _peer(stream: trio.SocketStream) -> tuple[str, str]:
-    """(address, "address:port") of the client."""
-    try:
-        addr = stream.socket.getpeername()
-    except OSError:
-        return "?", "?"
-    host, port = addr[0], addr[1]
-    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

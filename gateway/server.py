@@ -47,7 +47,7 @@ from gateway.limits import ConnectionLimits, HttpLimits
 from gateway.preamble import PREAMBLE_LENGTH, could_be_preamble, read_preamble
 from gateway.proxy import ClientInfo, HttpSession, Router, Waker
 from gateway.routing.hosts import InvalidHost, normalise_host
-from gateway.streams import PrefixedStream, splice
+from gateway.streams import PrefixedStream, peer_of, splice
 from gateway.tls.clienthello import NEED_MORE_DATA, ClientHello, ClientHelloReader, NotClientHello, looks_like_tls
 from gateway.tls.identity import ServerTls
 from gateway.upstream import Pool, UpstreamUnavailable, open_stream
@@ -107,7 +107,7 @@ class Gateway:
         return self._open
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        host, peer = _peer(stream)
+        host, peer = peer_of(stream)
         key = address_key(host)
         try:
             if not self._per_address.take(key):
@@ -381,16 +381,6 @@ def _sni(hello: ClientHello) -> str | None:
     except InvalidHost:
         # Kept as sent: no Host can equal it, so every request on it is misdirected.
         return hello.sni
-
-
-def _peer(stream: trio.SocketStream) -> tuple[str, str]:
-    """(address, "address:port") of the client."""
-    try:
-        addr = stream.socket.getpeername()
-    except OSError:
-        return "?", "?"
-    host, port = addr[0], addr[1]
-    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _tls_error(exc: BaseException) -> str:

@@ -41,6 +41,16 @@ class PrefixedStream(trio.abc.Stream):
         await self.stream.aclose()
 
 
+def peer_of(stream: trio.SocketStream) -> tuple[str, str]:
+    """(address, "address:port") of a client connection, for caps and the access log."""
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return "?", "?"
+    host, port = addr[0], addr[1]
+    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class _Activity:
     def __init__(self) -> None:
         self.last = trio.current_time()
