@@ -56,6 +56,9 @@ class ServeConfig:
     wake_timeout: float = DEFAULT_WAKE_TIMEOUT
     # Host ports a tcp or tls port may be forwarded from, inclusive; None: switched off.
     host_ports: tuple[int, int] | None = None
+    # The appliance's nftables rules isolating sandboxes (controlplane/network/); off for
+    # machines without nftables, and then sandboxes are not isolated from the host.
+    firewall: bool = True
 
     @property
     def advertised_port(self) -> int:
@@ -130,8 +133,24 @@ def parse_host_ports(text: str, listen: tuple[ListenAddress, ...] = ()) -> tuple
     return low, high
 
 
+def parse_firewall(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise ConfigError(f"SCALEBOX_FIREWALL {text[:20]!r}: on or off")
+    return value == "on"
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
+    parser.add_argument(
+        "--no-firewall",
+        dest="firewall",
+        action="store_const",
+        const="off",
+        default=env("SCALEBOX_FIREWALL", "on"),
+        help="do not install the nftables rules that keep sandboxes from the host, each other and"
+        " private networks, for machines without nftables (env SCALEBOX_FIREWALL=off)",
+    )
     parser.add_argument(
         "--wake-timeout",
         default=env("SCALEBOX_WAKE_TIMEOUT", ""),
@@ -245,4 +264,5 @@ def config_from_args(ns: argparse.Namespace) -> ServeConfig:
         gateway_processes=parse_gateway_processes(str(ns.gateway_processes or "")),
         wake_timeout=parse_wake_timeout(str(ns.wake_timeout or "")),
         host_ports=parse_host_ports(str(ns.host_ports or ""), listen),
+        firewall=parse_firewall(str(ns.firewall)),
     )

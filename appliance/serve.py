@@ -23,11 +23,14 @@ from appliance.workers import WorkerGroup, WorkerSettings, make_waker, reload_tl
 from controlplane.api.app import ApiSettings, create_app
 from controlplane.api.schemas import HostLimits
 from controlplane.apikeys import ensure_admin_key, random_id
-from controlplane.lifecycle.service import LifecycleConfig, SandboxService
+from controlplane.lifecycle.service import LABEL_INSTANCE, LABEL_MANAGED, LifecycleConfig, SandboxService
 from controlplane.lifecycle.states import LIVE, State, wakes_on_traffic
-from controlplane.runtime.base import RuntimeFailure
+from controlplane.network import nft
+from controlplane.network.firewall import Firewall, NoFirewall, remove_tables
+from controlplane.network.ruleset import FirewallSpec, bridge_name, network_name, table_name
+from controlplane.runtime.base import NetworkInfo, RuntimeFailure
 from controlplane.runtime.podman_runtime import PodmanRuntime
-from controlplane.runtime.service import podman_service
+from controlplane.runtime.service import available_runtimes, gvisor_service, podman_service
 from controlplane.store import Store
 from controlplane.tokens import load_or_create_secret
 from gateway.hostports import HostPortForwarder, HostPortLimits, PortedSandbox
@@ -111,6 +114,36 @@ def _banner(config: ServeConfig, ca: Path | None, admin_key_path: Path, new_key:
     )
 
 
+async def _firewall(config: ServeConfig, store: Store, network: NetworkInfo, instance_id: str) -> Firewall | None:
+    """The firewall of this appliance's network (not yet installed), or None when switched off."""
+    table = table_name(instance_id)
+    if not config.firewall:
+        if nft.available():
+            # Rules an earlier run left would keep restricting sandboxes the operator meant to free.
+            try:
+                await remove_tables(table)
+            except RuntimeFailure as exc:
+                log.event("firewall.error", error=str(exc))
+        log.event("firewall.off", network=network.name)
+        return None
+    if not nft.available():
+        raise StartupError(
+            "nft is not installed: install nftables (`make setup` does), or start with --no-firewall"
+            " (SCALEBOX_FIREWALL=off), and sandboxes then reach the host, each other and private networks"
+        )
+    try:
+        spec = FirewallSpec(
+            table=table,
+            interface=network.interface,
+            subnet=network.subnet,
+            gateway=network.gateway,
+            public_ports=tuple(sorted({address.port for address in config.listen})),
+        )
+    except ValueError as exc:
+        raise StartupError(f"Podman network {network.name}: {exc}") from None
+    return Firewall(spec=spec, sandboxes=lambda: store.sandboxes_in(LIVE | {State.TERMINATING}))
+
+
 def _ported_sandboxes(store: Store) -> list[PortedSandbox]:
     """The live sandboxes as the host port forwarder (gateway/hostports.py) may see them."""
     return [
@@ -165,14 +198,27 @@ async def _serve_locked(config: ServeConfig) -> None:
 
     limits = _host_limits()
 
+    runtimes = await available_runtimes()
+    log.event("appliance.runtimes", available=sorted(runtimes))
     try:
-        async with podman_service(socket_path) as podman_url:
-            runtime = PodmanRuntime(podman_url)
+        async with (
+            podman_service(socket_path) as podman_url,
+            gvisor_service(socket_path, runtimes) as gvisor_url,
+        ):
+            runtime = PodmanRuntime(podman_url, gvisor_url=gvisor_url)
+            instance_id = _instance_id(data_dir)
+            network = await runtime.ensure_network(
+                network_name(instance_id),
+                interface=bridge_name(instance_id),
+                labels={LABEL_MANAGED: "true", LABEL_INSTANCE: instance_id},
+            )
+            firewall = await _firewall(config, store, network, instance_id)
             service = SandboxService(
                 store=store,
                 runtime=runtime,
+                network_policy=firewall or NoFirewall(),
                 config=LifecycleConfig(
-                    instance_id=_instance_id(data_dir),
+                    instance_id=instance_id,
                     agent_dir=Path(agent.__file__).parent,
                     vendor_dir=prepare_vendor_dir(data_dir / "agent-vendor"),
                     access_secret=secret,
@@ -181,9 +227,14 @@ async def _serve_locked(config: ServeConfig) -> None:
                     pool_cpu_count=limits.default_cpu_count,
                     pool_memory_mb=limits.default_memory_mb,
                     host_ports=config.host_ports,
+                    network=network.name,
+                    runtimes=runtimes,
                 ),
             )
             await service.reconcile()
+            if firewall is not None:
+                # After reconcile: the rules are made from the rows it repaired.
+                await firewall.install()
             app = create_app(
                 service=service,
                 store=store,
@@ -224,6 +275,8 @@ async def _serve_locked(config: ServeConfig) -> None:
             shutdown = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope, hangup)
+                if firewall is not None:
+                    nursery.start_soon(firewall.watch)
                 await nursery.start(service.run)
                 api_stopped = trio.Event()
 
@@ -289,6 +342,9 @@ async def _serve_locked(config: ServeConfig) -> None:
                     await api_stopped.wait()
                     await workers_stopped.wait()
                 nursery.cancel_scope.cancel()
+            # A clean stop only: after a crash the rules stay (see Firewall.stop).
+            if firewall is not None:
+                await firewall.stop()
     except RuntimeFailure as exc:
         raise StartupError(str(exc)) from None
     finally:

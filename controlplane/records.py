@@ -32,6 +32,8 @@ class SandboxRecord:
     custom_ports: list[dict[str, Any]] = field(default_factory=list)
     # Live port tokens (controlplane/porttokens.py): they go with the row.
     port_tokens: list[dict[str, Any]] = field(default_factory=list)
+    # The sandbox runtime it was created with (controlplane/runtime/base.py RUNTIMES).
+    runtime: str = "runc"
     # Epoch seconds; None until the event happened.
     created_at: float
     updated_at: float
@@ -66,3 +68,5 @@ class CreateRequest:
     secure: bool = True
     is_async: bool = False
     custom_ports: list[PortRequest] = field(default_factory=list)
+    # A runtime by name (base.RUNTIMES); None: the template's.
+    runtime: str | None = None

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     env_vars TEXT NOT NULL,
     custom_ports TEXT NOT NULL,
     port_tokens TEXT NOT NULL DEFAULT '[]',
+    runtime TEXT NOT NULL DEFAULT 'runc',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     started_at REAL,
@@ -78,6 +79,7 @@ _SANDBOX_COLUMNS = (
     "env_vars",
     "custom_ports",
     "port_tokens",
+    "runtime",
     "created_at",
     "updated_at",
     "started_at",
@@ -180,7 +182,11 @@ class Store:
 
 # Columns added after the first release: (name, definition). A data dir made by an
 # older appliance gets them on its next start.
-_ADDED_COLUMNS = (("port_tokens", "TEXT NOT NULL DEFAULT '[]'"),)
+_ADDED_COLUMNS = (
+    ("port_tokens", "TEXT NOT NULL DEFAULT '[]'"),
+    # Sandboxes from before runtimes could be chosen all ran on runc.
+    ("runtime", "TEXT NOT NULL DEFAULT 'runc'"),
+)
 
 
 def _migrate(db: sqlite3.Connection) -> None:

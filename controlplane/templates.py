@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controlplane.errors import NotFound
+from controlplane.runtime.base import GVISOR, RUNC
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,6 +19,8 @@ class Template:
     start_cmd: str | None = None
     # The unprivileged account the template provides besides root.
     user: str = "user"
+    # The runtime its sandboxes get unless a create names one (base.RUNTIMES).
+    runtime: str = RUNC
 
 
 BUILTIN: dict[str, Template] = {
@@ -26,6 +29,8 @@ BUILTIN: dict[str, Template] = {
     # the agent's ExecutionService runs. The official SDKs' code interpreter
     # (`from scalebox import Sandbox`) creates sandboxes from this template.
     "code-interpreter": Template(id="code-interpreter", image="localhost/scalebox/code-interpreter:latest"),
+    # The base image under gVisor: for clients that cannot send `runtime` (the SDKs).
+    "base-gvisor": Template(id="base-gvisor", image="localhost/scalebox/base:latest", runtime=GVISOR),
 }
 
 

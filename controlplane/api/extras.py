@@ -37,7 +37,14 @@ MAX_TAIL = 10_000
 
 
 def _template_json(t: Template) -> dict[str, Any]:
-    return {"template_id": t.id, "name": t.id, "image": t.image, "start_cmd": t.start_cmd, "user": t.user}
+    return {
+        "template_id": t.id,
+        "name": t.id,
+        "image": t.image,
+        "start_cmd": t.start_cmd,
+        "user": t.user,
+        "runtime": t.runtime,
+    }
 
 
 def _port_number(sandbox_id: str, text: str) -> int:

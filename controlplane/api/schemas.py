@@ -18,6 +18,7 @@ from controlplane.errors import BadRequest
 from controlplane.lifecycle.states import State, sdk_status
 from controlplane.ports import normalise, parse_ports
 from controlplane.records import CreateRequest, SandboxRecord
+from controlplane.runtime.base import RUNTIMES
 
 MIN_TIMEOUT = 1
 MAX_TIMEOUT = 86_400
@@ -140,6 +141,20 @@ def parse_create(body: Any, limits: HostLimits) -> CreateRequest:
         secure=bool_field(body, "secure", True),
         is_async=bool_field(body, "is_async", False),
         custom_ports=parse_ports(body.get("custom_ports")),
+        runtime=_runtime(body),
+    )
+
+
+def _runtime(body: dict[str, Any]) -> str | None:
+    """`runtime`: a name from RUNTIMES, or null for the template's. Whether this machine
+    has it installed is the lifecycle service's to say (503 runtime_unavailable)."""
+    value = body.get("runtime")
+    if value is None or (isinstance(value, str) and value in RUNTIMES):
+        return value
+    shown = repr(value)[:40] if isinstance(value, str) else type(value).__name__
+    raise BadRequest(
+        f"runtime must be one of {', '.join(RUNTIMES)}, or null for the template's; got {shown}",
+        code="invalid_field",
     )
 
 
@@ -266,6 +281,7 @@ def sandbox_json(rec: SandboxRecord, exposure: Exposure, now: float) -> dict[str
         "storage_gb": rec.storage_gb,
         "timeout": rec.timeout,
         "secure": rec.secure,
+        "runtime": rec.runtime,
         "allow_internet_access": rec.allow_internet_access,
         "auto_pause": rec.auto_pause,
         "metadata": rec.metadata,

@@ -25,12 +25,15 @@ from controlplane.lifecycle import states
 from controlplane.lifecycle.pool import Warm, WarmPool
 from controlplane.lifecycle.probe import wait_until_healthy
 from controlplane.lifecycle.states import LIVE, State
+from controlplane.network.firewall import NetworkPolicy, NoFirewall
 from controlplane.ports import PortRequest, conflict, declare, normalise
 from controlplane.porttokens import MAX_TOKENS_PER_SANDBOX, TokenRequest, live, token_record
 from controlplane.records import CreateRequest, SandboxRecord
 from controlplane.runtime.base import (
     AGENT_MOUNT,
     AGENT_PORT,
+    DEFAULT_STORAGE_GB,
+    RUNC,
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
@@ -68,6 +71,10 @@ class LifecycleConfig:
     pool_check_interval: float = 5.0
     # Host ports that tcp and tls ports may ask to be forwarded from (inclusive); None: none.
     host_ports: tuple[int, int] | None = None
+    # The appliance's own Podman network (controlplane/network/); None: Podman's default.
+    network: str | None = None
+    # The sandbox runtimes this machine can run (runtime/service.py available_runtimes).
+    runtimes: frozenset[str] = frozenset({RUNC})
 
 
 class SandboxService:
@@ -78,11 +85,14 @@ class SandboxService:
         runtime: Runtime,
         config: LifecycleConfig,
         clock: Callable[[], float] = time.time,
+        network_policy: NetworkPolicy | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
         self.config = config
         self.clock = clock
+        # Told after a sandbox's row gains or loses its address (the firewall's per-sandbox rules).
+        self.network_policy: NetworkPolicy = network_policy or NoFirewall()
         self._locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self.pool = WarmPool(
@@ -134,6 +144,13 @@ class SandboxService:
 
     async def create(self, req: CreateRequest) -> SandboxRecord:
         template = resolve(req.template)
+        runtime = _runtime(template, req)
+        if runtime not in self.config.runtimes:
+            raise Unavailable(
+                f"runtime {runtime!r} is not installed on this appliance (gvisor needs runsc); "
+                "run `make setup`, or create with runtime null or runc",
+                code="runtime_unavailable",
+            )
         if self._pool_can_serve(template, req):
             warm = await self.pool.take(template.id)
             if warm is not None:
@@ -164,6 +181,7 @@ class SandboxService:
             timeout=req.timeout,
             auto_pause=req.auto_pause,
             allow_internet_access=req.allow_internet_access,
+            runtime=_runtime(template, req),
             secure=req.secure,
             is_async=req.is_async,
             name=req.name,
@@ -181,6 +199,7 @@ class SandboxService:
             env["SCALEBOX_START_CMD"] = template.start_cmd
         if self.config.access_secret:
             env["SCALEBOX_ACCESS_TOKEN"] = mint_access_token(self.config.access_secret, sandbox_id)
+        runtime = _runtime(template, req)
         return ContainerSpec(
             name=f"scalebox-{sandbox_id}",
             image=template.image,
@@ -192,6 +211,12 @@ class SandboxService:
             hostname=sandbox_id,
             agent_dir=self.config.agent_dir,
             vendor_dir=self.config.vendor_dir,
+            network=self.config.network,
+            # runc, the engine's default, is None: as in every spec before runtimes existed.
+            runtime=None if runtime == RUNC else runtime,
+            # 0 means the default: the same container as asking for it, so a pooled
+            # sandbox serves both.
+            storage_gb=req.storage_gb or DEFAULT_STORAGE_GB,
         )
 
     # -- the warm pool -------------------------------------------------------------------
@@ -235,6 +260,16 @@ class SandboxService:
         except BaseException:
             await self.pool.discard(warm, "its row could not be written")
             raise
+        try:
+            await self.network_policy.sandboxes_changed()
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                self.store.delete_sandbox(rec.id)
+                await self.pool.discard(warm, "its network rules could not be written")
+                await self._network_changed_quietly(rec.id)
+            if isinstance(exc, RuntimeFailure):
+                raise Unavailable(f"sandbox could not be started: {exc}", code="start_failed") from exc
+            raise
         log.event("sandbox.create", sandbox_id=rec.id, template=template.id, is_async=req.is_async, warm=True)
         return rec
 
@@ -254,6 +289,7 @@ class SandboxService:
                 if not info.ip:
                     raise RuntimeFailure("the container has no IP address on the sandbox network")
                 rec = self._save(rec, ip=info.ip)
+                await self.network_policy.sandboxes_changed()
                 deadline = trio.current_time() + self.config.ready_timeout
                 if not await wait_until_healthy(info.ip, AGENT_PORT, deadline=deadline):
                     raise RuntimeFailure(
@@ -272,6 +308,7 @@ class SandboxService:
                         self._save(rec, state=State.FAILED, reason=reason, ended_at=self.clock(), ip=None)
                     else:
                         self.store.delete_sandbox(rec.id)
+                    await self._network_changed_quietly(rec.id)
                 if isinstance(exc, RuntimeFailure):
                     raise Unavailable(f"sandbox could not be started: {reason}", code="start_failed") from exc
                 raise
@@ -297,6 +334,8 @@ class SandboxService:
         if rec.state is State.TERMINATED:
             return rec
         rec = self._save(rec, state=State.TERMINATING, reason=reason)
+        # Before the container goes: its address must not be free while the rules still name it.
+        await self._network_changed_quietly(rec.id)
         try:
             await self._remove_container(rec)
         except RuntimeFailure as exc:
@@ -304,6 +343,13 @@ class SandboxService:
             raise Unavailable(f"sandbox {rec.id} could not be removed: {exc}", code="remove_failed") from exc
         self._forget_lock(rec.id)
         return self._save(rec, state=State.TERMINATED, ended_at=self.clock(), ip=None)
+
+    async def _network_changed_quietly(self, sandbox_id: str) -> None:
+        """For a sandbox on its way out: a failure is logged; the next update repairs it."""
+        try:
+            await self.network_policy.sandboxes_changed()
+        except RuntimeFailure as exc:
+            log.event("firewall.error", sandbox_id=sandbox_id, error=str(exc))
 
     async def _remove_quietly_one(self, sandbox_id: str, container_id: str) -> None:
         try:
@@ -594,6 +640,11 @@ def _bindable(port: int) -> bool:
             except OSError:
                 return False
     return True
+
+
+def _runtime(template: Template, req: CreateRequest) -> str:
+    """The runtime a create gets: the one it names, else its template's."""
+    return req.runtime or template.runtime
 
 
 def _reason(exc: BaseException) -> str:

@@ -25,6 +25,20 @@ AGENT_MOUNT = "/opt/scalebox/agent"
 VENDOR_MOUNT = "/opt/scalebox/vendor"
 AGENT_PORT = 8888
 
+# A sandbox's writable filesystem when the request leaves storage_gb at 0. Images
+# are sparse: a sandbox costs the host only what it writes, up to this.
+DEFAULT_STORAGE_GB = 10
+# Processes and threads one sandbox may have at once: a fork bomb stops here.
+# The host's kernel.pid_max is raised by `make setup` so many sandboxes fit.
+DEFAULT_PIDS_LIMIT = 1024
+
+# Sandbox runtimes, as the API names them: "runc" (the default: Linux namespaces
+# and cgroups) and "gvisor" (runsc: a user-space kernel between the sandbox and the
+# host's). See README.md, "The gvisor runtime".
+RUNC = "runc"
+GVISOR = "gvisor"
+RUNTIMES = (RUNC, GVISOR)
+
 
 class RuntimeFailure(Exception):
     """The container engine failed or refused an operation."""
@@ -53,6 +67,16 @@ class ContainerSpec:
     # Host folders mounted read-only at AGENT_MOUNT and VENDOR_MOUNT.
     agent_dir: Path | None = None
     vendor_dir: Path | None = None
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    # Size of the sandbox's own writable filesystem, in GiB; 0: DEFAULT_STORAGE_GB.
+    storage_gb: int = 0
+    # The Podman network the container joins (the appliance's own bridge); None: Podman's default.
+    network: str | None = None
+    # Name servers written to the container's /etc/resolv.conf (the appliance's own
+    # resolver, controlplane/network/resolver.py); empty: Podman's choice.
+    dns: tuple[str, ...] = ()
+    # One of RUNTIMES other than the engine's default; None: the default (runc).
+    runtime: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +87,18 @@ class ContainerInfo:
     state: str
     ip: str | None
     labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkInfo:
+    """A bridge network as the firewall needs it (controlplane/network/)."""
+
+    name: str
+    # The host's bridge device.
+    interface: str
+    # IPv4, CIDR; the gateway is the host's address on the bridge (and the DNS server).
+    subnet: str
+    gateway: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,4 +143,9 @@ class Runtime(Protocol):
 
     async def exec(self, container_id: str, command: builtins.list[str]) -> tuple[int, bytes]:
         """Run a command inside; return (exit code, combined output). For tests and tools."""
+        ...
+
+    async def ensure_network(self, name: str, *, interface: str, labels: dict[str, str]) -> NetworkInfo:
+        """The bridge network `name`, created (with this host interface, a free IPv4 subnet
+        and DNS) unless it exists; an existing one is returned as it is."""
         ...

@@ -12,6 +12,8 @@ It behaves as the real driver was seen to behave against Podman 4.3
     exec     only in a running container, else RuntimeFailure
     stats    figures for a running or paused container, zeros otherwise
     remove   any state, at once; a missing container is not an error
+    ensure_network  the network by name, made on first call (10.99.0.0/24, the
+             addresses `start` hands out); later calls return it unchanged
 
 Containers are found by id, by name or by a unique id prefix, as Podman does;
 any other reference raises ContainerNotFound. Every call is a Trio checkpoint.
@@ -36,6 +38,7 @@ from controlplane.runtime.base import (
     ContainerSpec,
     ContainerStats,
     ImageNotFound,
+    NetworkInfo,
     Runtime,
     RuntimeFailure,
 )
@@ -44,6 +47,7 @@ BASE_IMAGE = "localhost/scalebox/base:latest"
 _MIB = 1024 * 1024
 _OPERATIONS = frozenset(
     {"create", "start", "inspect", "pause", "unpause", "remove", "list", "stats", "image_exists", "exec", "logs"}
+    | {"ensure_network"}
 )
 
 
@@ -90,6 +94,7 @@ class FakeRuntime:
         self.address = address
         self.exec_handler = exec_handler
         self.containers: dict[str, FakeContainer] = {}
+        self.networks: dict[str, NetworkInfo] = {}
         self.calls: list[tuple[str, str]] = []
         self._failures: dict[str, list[RuntimeFailure]] = {}
         self._created = 0
@@ -220,6 +225,14 @@ class FakeRuntime:
             raise RuntimeFailure(f"cannot exec in container {container.id}: it is {container.state}")
         container.exec_log.append(list(command))
         return self.exec_handler(container, command)
+
+    async def ensure_network(self, name: str, *, interface: str, labels: dict[str, str]) -> NetworkInfo:
+        await self._enter("ensure_network", name)
+        if name not in self.networks:
+            self.networks[name] = NetworkInfo(
+                name=name, interface=interface, subnet="10.99.0.0/24", gateway="10.99.0.1"
+            )
+        return self.networks[name]
 
     # Last in the class: a method named `list` shadows the builtin in the
     # annotations of every method after it.

@@ -26,6 +26,8 @@ import json
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -35,14 +37,19 @@ from podman.client import PodmanClient
 from podman.errors import APIError, PodmanError
 from podman.errors import ImageNotFound as PodmanImageNotFound
 
+from controlplane.runtime import disklimit
 from controlplane.runtime.base import (
     AGENT_MOUNT,
+    DEFAULT_STORAGE_GB,
+    GVISOR,
+    RUNTIMES,
     VENDOR_MOUNT,
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
     ContainerStats,
     ImageNotFound,
+    NetworkInfo,
     Runtime,
     RuntimeFailure,
 )
@@ -52,53 +59,127 @@ T = TypeVar("T")
 # CFS period for CPU limits; the quota is cpu_count periods' worth of CPU time.
 _CPU_PERIOD_US = 100_000
 _MIB = 1024 * 1024
+# Podman's name for the gvisor runtime: podman/containers.conf's [engine.runtimes].
+GVISOR_OCI_RUNTIME = "runsc"
+# Uids and gids 0..65535 inside each sandbox, every sandbox on a range of its own
+# (from the `containers` entries of /etc/subuid and /etc/subgid, see scripts/setup.sh).
+_USERNS_SIZE = 65536
+
+# The capabilities a sandbox keeps, all others dropped (Podman's defaults also give
+# AUDIT_WRITE, MKNOD, NET_RAW, SETFCAP, SETPCAP and SYS_CHROOT). The agent runs as
+# root in the sandbox; people also run commands as root there (apt, dpkg, pip).
+# These hold only inside the sandbox's own user namespace.
+SANDBOX_CAPABILITIES = (
+    # The agent starts processes as other users: setgid/setgroups, and acting as a
+    # user for file operations (setegid, seteuid).
+    "SETGID",
+    "SETUID",
+    # The agent gives a terminal to the user it starts it for (fchown of the PTY);
+    # root's chown, as in tar and dpkg.
+    "CHOWN",
+    # The agent signals processes it started as other users (cancel, timeouts, hangup).
+    "KILL",
+    # Root reads and writes any file: the agent acting for root writes into users'
+    # homes (without it the SDK's file calls into /home/user fail), so do apt and pip.
+    "DAC_OVERRIDE",
+    # Root may chmod or touch files it does not own, and setgid folders keep their
+    # bit: what root is expected to do (dpkg, tar -x, cp -p). The agent's own test
+    # suites pass without these two and NET_BIND_SERVICE.
+    "FOWNER",
+    "FSETID",
+    # Servers in the sandbox may listen on ports below 1024 (80, 443) in the
+    # sandbox's own network namespace; the agent's own port, 8888, does not need it.
+    "NET_BIND_SERVICE",
+)
 
 
 class PodmanRuntime:
-    """`Runtime` backed by a Podman API service at `base_url` (`unix:///...`)."""
+    """`Runtime` backed by a Podman API service at `base_url` (`unix:///...`).
 
-    def __init__(self, base_url: str, *, max_concurrency: int = 8, timeout: float = 60.0) -> None:
+    `gvisor_url`: a service started with `--runtime runsc` (service.gvisor_service),
+    which creates the containers of gvisor specs; None: such a create fails.
+    """
+
+    def __init__(
+        self, base_url: str, *, gvisor_url: str | None = None, max_concurrency: int = 8, timeout: float = 60.0
+    ) -> None:
         self.base_url = base_url
+        self.gvisor_url = gvisor_url
         self._timeout = timeout
         self._limiter = trio.CapacityLimiter(max_concurrency)
-        # Idle clients; list.pop and list.append are atomic, so threads share it safely.
-        self._idle: list[PodmanClient] = []
+        # Idle clients by service URL; list.pop and list.append are atomic, so threads share them safely.
+        self._idle: dict[str, list[PodmanClient]] = {base_url: []}
+        if gvisor_url is not None:
+            self._idle[gvisor_url] = []
+        # Created here and not started yet: where their layer and run folder are.
+        self._fresh: dict[str, _Folders] = {}
 
     def close(self) -> None:
         """Close the pooled HTTP connections. Calls still running keep their client."""
-        while self._idle:
-            self._idle.pop().api.close()
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().api.close()
 
     # -- plumbing ------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[[PodmanClient], T]) -> T:
-        with _podman_errors(self.base_url):
-            return await trio.to_thread.run_sync(self._with_client, fn, limiter=self._limiter)
+    async def _call(self, fn: Callable[[PodmanClient], T], url: str | None = None) -> T:
+        url = url or self.base_url
+        with _podman_errors(url):
+            return await trio.to_thread.run_sync(self._with_client, fn, url, limiter=self._limiter)
 
-    def _with_client(self, fn: Callable[[PodmanClient], T]) -> T:
+    def _with_client(self, fn: Callable[[PodmanClient], T], url: str) -> T:
+        idle = self._idle[url]
         try:
-            client = self._idle.pop()
+            client = idle.pop()
         except IndexError:
-            client = PodmanClient(base_url=self.base_url, timeout=self._timeout)
+            client = PodmanClient(base_url=url, timeout=self._timeout)
         try:
             return fn(client)
         finally:
-            self._idle.append(client)
+            idle.append(client)
+
+    def _create_url(self, spec: ContainerSpec) -> str:
+        if spec.runtime != GVISOR:
+            return self.base_url
+        if self.gvisor_url is None:
+            raise RuntimeFailure("this driver has no Podman service for gvisor (runsc) sandboxes")
+        return self.gvisor_url
 
     # -- Runtime -------------------------------------------------------------------
 
     async def create(self, spec: ContainerSpec) -> str:
         kwargs = create_arguments(spec)
 
-        def create(client: PodmanClient) -> str:
+        def create(client: PodmanClient) -> tuple[str, _Folders]:
             container = client.containers.create(spec.image, spec.command, **kwargs)
-            return str(container.id)
+            try:
+                folders = _Folders.of(container.attrs)
+                disklimit.attach(folders.layer, spec.storage_gb or DEFAULT_STORAGE_GB)
+                return str(container.id), folders
+            except BaseException:
+                # A failed create leaves no container behind.
+                with suppress(APIError, requests.RequestException):
+                    _delete(client, str(container.id))
+                raise
 
-        return await self._call(create)
+        container_id, folders = await self._call(create, self._create_url(spec))
+        self._fresh[container_id] = folders
+        return container_id
 
     async def start(self, container_id: str) -> None:
-        # 304 (already running) is not an error, as with `podman start`.
-        await self._call(lambda c: _post(c, _container_path(container_id, "/start")))
+        known = self._fresh.pop(container_id, None)
+
+        def start(client: PodmanClient) -> None:
+            # Not created by this process (a restart of the appliance or the host): look.
+            folders = known or _Folders.of(client.containers.get(container_id).attrs)
+            disklimit.ensure_mounted(folders.layer)
+            # init writes /etc/hosts and the others; they are sealed before anything
+            # runs inside. 304 (already initialised, or running) is not an error.
+            _post(client, _container_path(container_id, "/init"))
+            disklimit.seal(folders.run)
+            _post(client, _container_path(container_id, "/start"))
+
+        await self._call(start)
 
     async def inspect(self, container_id: str) -> ContainerInfo:
         attrs = await self._call(lambda c: c.containers.get(container_id).attrs)
@@ -111,11 +192,23 @@ class PodmanRuntime:
         await self._call(lambda c: _post(c, _container_path(container_id, "/unpause")))
 
     async def remove(self, container_id: str) -> None:
+        # Podman's removal also unmounts the layer's image and deletes it (disklimit).
+        self._fresh.pop(container_id, None)
+
         def remove(client: PodmanClient) -> None:
-            # force kills a running or paused container first; timeout=0 makes that
-            # SIGKILL at once instead of SIGTERM and a 10 s wait.
-            params = {"force": True, "timeout": 0, "volumes": True}
-            client.api.delete(_container_path(container_id), params=params).raise_for_status()
+            # Podman 4.3, with a user namespace per container and a network with DNS,
+            # now and then leaves a stopped container's /dev/shm mounted; its removal
+            # then fails half-way ("unlinkat .../userdata/shm: device or resource
+            # busy", upstream's unlinkat/EBUSY race) and leaves a storage-only
+            # container behind. So: stop, let go of what the stop left, then remove.
+            stopped = client.api.post(_container_path(container_id, "/stop"), params={"timeout": 0})
+            if stopped.status_code == 404:
+                return
+            # Anything else (paused, already stopped): the forced removal copes.
+            inspected = client.api.get(_container_path(container_id, "/json"))
+            if inspected.ok and (inspected.json().get("State") or {}).get("Status") in ("exited", "stopped"):
+                disklimit.release_shm(inspected.json())
+            _delete(client, container_id)
 
         with suppress(ContainerNotFound):
             await self._call(remove)
@@ -161,6 +254,39 @@ class PodmanRuntime:
 
         return await self._call(exec_)
 
+    async def ensure_network(self, name: str, *, interface: str, labels: dict[str, str]) -> NetworkInfo:
+        def ensure(client: PodmanClient) -> Any:
+            path = f"/networks/{quote(name, safe='')}/json"
+            found = client.api.get(path)
+            # Made by an earlier version with aardvark-dns, which holds port 53 on the
+            # gateway address that the appliance's own resolver needs. Made again when
+            # nothing uses it; otherwise the resolver's bind says what to do.
+            stale = found.ok and found.json().get("dns_enabled")
+            if stale and client.api.delete(f"/networks/{quote(name, safe='')}").ok:
+                found = client.api.get(path)
+            if found.status_code == 404:
+                # No subnet given: Podman takes a free one from its pools (10.89.x.0/24, ...).
+                # podman-py's networks.create cannot name the bridge device.
+                body = {
+                    "name": name,
+                    "driver": "bridge",
+                    "network_interface": interface,
+                    # No aardvark-dns: sandboxes resolve through the appliance's own
+                    # resolver on the gateway address (controlplane/network/resolver.py).
+                    "dns_enabled": False,
+                    "labels": labels,
+                }
+                created = client.api.post("/networks/create", data=json.dumps(body))
+                # 409: another process created it meanwhile; theirs is as good.
+                if created.status_code != 409:
+                    created.raise_for_status()
+                    return created.json()
+                found = client.api.get(path)
+            found.raise_for_status()
+            return found.json()
+
+        return network_info(await self._call(ensure))
+
     # Last in the class: a method named `list` shadows the builtin in the
     # annotations of every method after it.
     async def list(self, labels: dict[str, str]) -> list[ContainerInfo]:
@@ -185,12 +311,31 @@ if TYPE_CHECKING:
     _conforms: type[Runtime] = PodmanRuntime
 
 
+@dataclass(frozen=True)
+class _Folders:
+    """Where a container's writable layer and its run folder are on the host (disklimit)."""
+
+    layer: disklimit.LayerPaths
+    run: Path
+
+    @classmethod
+    def of(cls, attrs: Mapping[str, Any]) -> _Folders:
+        return cls(layer=disklimit.layer_paths(attrs), run=disklimit.run_dir(attrs))
+
+
 def _container_path(container_id: str, action: str = "") -> str:
     return f"/containers/{quote(container_id, safe='')}{action}"
 
 
 def _post(client: PodmanClient, path: str) -> None:
     client.api.post(path).raise_for_status()
+
+
+def _delete(client: PodmanClient, container_id: str) -> None:
+    # force kills a running or paused container first; timeout=0 makes that
+    # SIGKILL at once instead of SIGTERM and a 10 s wait.
+    params = {"force": True, "timeout": 0, "volumes": True}
+    client.api.delete(_container_path(container_id), params=params).raise_for_status()
 
 
 # -- translation: podman-py errors -> ours -------------------------------------------
@@ -240,11 +385,26 @@ def create_arguments(spec: ContainerSpec) -> dict[str, Any]:
         "environment": dict(spec.env),
         "labels": dict(spec.labels),
         "network_mode": "bridge",
+        **({"networks": {spec.network: {}}} if spec.network else {}),
+        **({"dns": list(spec.dns)} if spec.dns else {}),
         "cpu_period": _CPU_PERIOD_US,
         "cpu_quota": max(1000, round(spec.cpu_count * _CPU_PERIOD_US)),
         "mem_limit": memory,
         # Memory plus swap equal to memory: no swap on top of the limit.
         "memswap_limit": memory,
+        "pids_limit": spec.pids_limit,
+        # Hardening (docs/security.md). Podman's defaults stay as they are for the
+        # rest: its seccomp profile, masked and read-only /proc and /sys paths, no
+        # host devices, not privileged; nothing here loosens them.
+        "cap_drop": ["ALL"],
+        "cap_add": list(SANDBOX_CAPABILITIES),
+        # setuid and setgid bits and file capabilities grant nothing on exec.
+        "no_new_privileges": True,
+        # A user namespace of its own per sandbox: root inside is an unprivileged uid
+        # on the host, and no two sandboxes share a uid. Podman's API ignores
+        # userns "auto" unless idmappings asks for it too (the CLI sets both).
+        "userns_mode": "auto",
+        "idmappings": {"AutoUserNs": True, "AutoUserNsOpts": {"Size": _USERNS_SIZE}},
     }
     mounts = [
         {"type": "bind", "source": str(source), "target": target, "read_only": True}
@@ -253,7 +413,33 @@ def create_arguments(spec: ContainerSpec) -> dict[str, Any]:
     ]
     if mounts:
         kwargs["mounts"] = mounts
+    if spec.runtime == GVISOR:
+        # Podman 4.3 ignores it: the create goes to a service started with
+        # `--runtime runsc` (PodmanRuntime.gvisor_url). Later versions honour it.
+        kwargs["runtime"] = GVISOR_OCI_RUNTIME
+        # Debian's runsc (20221219) cannot start a sandbox in a Podman user namespace
+        # ("error setting up chroot: error converting mounts: operation not permitted").
+        # gVisor's own kernel stands between the sandbox's root and the host's kernel
+        # instead; runsc also runs its sandbox in a user namespace of its own.
+        kwargs.pop("userns_mode", None)
+        kwargs.pop("idmappings", None)
+    elif spec.runtime is not None:
+        raise ValueError(f"unknown runtime {spec.runtime!r}; use one of {RUNTIMES}")
     return kwargs
+
+
+def network_info(attrs: Mapping[str, Any]) -> NetworkInfo:
+    """Our view of a `GET /networks/{name}/json` answer: its first IPv4 subnet."""
+    for subnet in attrs.get("subnets") or []:
+        cidr, gateway = str(subnet.get("subnet") or ""), str(subnet.get("gateway") or "")
+        if "." in cidr and gateway:
+            return NetworkInfo(
+                name=str(attrs["name"]),
+                interface=str(attrs.get("network_interface") or ""),
+                subnet=cidr,
+                gateway=gateway,
+            )
+    raise RuntimeFailure(f"network {attrs.get('name')!r} has no IPv4 subnet with a gateway: {attrs.get('subnets')!r}")
 
 
 def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import trio
 
-from controlplane.runtime.base import RuntimeFailure
+from controlplane.runtime.base import GVISOR, RUNC, RuntimeFailure
+from controlplane.runtime.podman_runtime import GVISOR_OCI_RUNTIME
 
 # Longest path a unix socket address can hold (sun_path is 108 bytes with a NUL).
 _MAX_SOCKET_PATH = 107
@@ -37,6 +39,36 @@ def default_containers_conf() -> Path:
     """`<repo>/podman/containers.conf`, found from this package (installed editable)."""
     # controlplane/runtime/service.py -> parents[2] is the repository root.
     return Path(__file__).resolve().parents[2] / "podman" / "containers.conf"
+
+
+def runsc_paths(containers_conf: Path) -> list[Path]:
+    """The programs containers.conf lists for the runtime "runsc" (podman_runtime's gvisor)."""
+    try:
+        conf = tomllib.loads(containers_conf.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return []
+    paths = conf.get("engine", {}).get("runtimes", {}).get("runsc", [])
+    return [Path(p) for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
+
+
+async def available_runtimes(containers_conf: Path | None = None, *, timeout: float = 10.0) -> frozenset[str]:
+    """The sandbox runtimes this machine can run: runc always; gvisor when the runsc
+    that containers.conf names is there and answers `--version` (runsc is installed
+    by `make setup`, and Podman would only say so when a sandbox is created)."""
+    conf = containers_conf if containers_conf is not None else default_containers_conf()
+    found = [p for p in runsc_paths(conf) if os.access(p, os.X_OK)]
+    if not found:
+        return frozenset({RUNC})
+    with trio.move_on_after(timeout):
+        try:
+            done = await trio.run_process(
+                [os.fspath(found[0]), "--version"], capture_stdout=True, capture_stderr=True, check=False
+            )
+        except OSError:
+            return frozenset({RUNC})
+        if done.returncode == 0:
+            return frozenset({RUNC, GVISOR})
+    return frozenset({RUNC})
 
 
 async def ping(socket_path: Path, *, timeout: float = _PING_TIMEOUT) -> bool:
@@ -69,11 +101,14 @@ async def podman_service(
     *,
     start_timeout: float = 20.0,
     log_path: Path | None = None,
+    oci_runtime: str | None = None,
 ) -> AsyncIterator[str]:
     """Yield the `unix://` URL of a live Podman API service on `socket_path`.
 
     `log_path` receives the service's own output (default: `<socket>.log` beside
     the socket); its tail is quoted when the service fails to come up.
+    `oci_runtime` (a name from containers.conf) is the runtime of the containers
+    it creates, instead of containers.conf's default.
     """
     socket_path = socket_path.absolute()
     url = f"unix://{socket_path}"
@@ -98,7 +133,7 @@ async def podman_service(
         log_start = log_file.tell()
         try:
             process = await trio.lowlevel.open_process(
-                ["podman", "system", "service", "--time=0", url],
+                ["podman", *(["--runtime", oci_runtime] if oci_runtime else []), "system", "service", "--time=0", url],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -117,6 +152,26 @@ async def podman_service(
         # would hold the socket (harmless, the next start reuses it, but untidy).
         with trio.CancelScope(shield=True):
             await _stop(process)
+
+
+@asynccontextmanager
+async def gvisor_service(
+    socket_path: Path, runtimes: frozenset[str], containers_conf: Path | None = None
+) -> AsyncIterator[str | None]:
+    """The URL of a second Podman API service, beside the one on `socket_path`, that
+    creates its containers on runsc; None when gvisor is not in `runtimes`.
+
+    Podman 4.3's API ignores a create's own runtime (`oci_runtime`; the compat
+    API's HostConfig.Runtime too): only the service's `--runtime` decides. The
+    containers it creates are managed from the main service like any other (it
+    knows runsc from containers.conf); only their create goes through this one.
+    """
+    if GVISOR not in runtimes:
+        yield None
+        return
+    gvisor_socket = socket_path.with_name(socket_path.name + ".gvisor")
+    async with podman_service(gvisor_socket, containers_conf, oci_runtime=GVISOR_OCI_RUNTIME) as url:
+        yield url
 
 
 async def _wait_until_answering(process: trio.Process, socket_path: Path, log: _LogTail, timeout: float) -> None:

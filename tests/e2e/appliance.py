@@ -7,6 +7,7 @@ carrying the appliance's instance label, so no test leaves a sandbox behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from controlplane.network.ruleset import network_name, render_removal, table_name
+from controlplane.runtime.base import RuntimeFailure
+from controlplane.runtime.disklimit import release_shm
 
 REPO = Path(__file__).resolve().parents[2]
 SCALEBOX = Path(sys.executable).with_name("scalebox")
@@ -140,7 +145,25 @@ class Appliance:
             return
         ids = [c["Id"] for c in self.containers()]
         if ids:
+            # As PodmanRuntime.remove does: stop, let go of a /dev/shm that Podman 4.3
+            # can leave mounted (user namespaces), then remove.
+            with contextlib.suppress(RuntimeError, RuntimeFailure):
+                podman("stop", "-t", "0", *ids)
+                for attrs in json.loads(podman("inspect", *ids)):
+                    if attrs["State"]["Status"] in ("exited", "stopped"):
+                        release_shm(attrs)
             podman("rm", "-f", "-t", "0", *ids)
+
+    def remove_network(self) -> None:
+        """Its Podman network and nftables tables, which outlive a stop while sandboxes live
+        (and a kill). Call after remove_containers."""
+        if not (self.data_dir / "instance-id").exists():
+            return
+        # Not `rm -f`: that visits every container on the host, and waits on any one busy.
+        with contextlib.suppress(RuntimeError):
+            podman("network", "rm", network_name(self.instance_id))
+        removal = render_removal(table_name(self.instance_id))
+        subprocess.run(["nft", "-f", "-"], input=removal, text=True, capture_output=True, check=False)
 
 
 def podman(*args: str) -> str:
@@ -158,8 +181,11 @@ def stop_and_clean(app: Appliance) -> None:
             app.stop(timeout=15)
         except subprocess.TimeoutExpired:
             app.kill()
-    app.remove_containers()
-    stop_podman_service(app.data_dir)
+    try:
+        app.remove_containers()
+    finally:
+        app.remove_network()
+        stop_podman_service(app.data_dir)
 
 
 def stop_podman_service(data_dir: Path) -> None:

@@ -39,9 +39,13 @@ def new_appliance(data_dir: Path) -> Iterator[Callable[[], Appliance]]:
                 app.stop(timeout=15)  # graceful: it also stops the Podman service it started
             except subprocess.TimeoutExpired:
                 app.kill()
-    if started:
-        started[-1].remove_containers()
-    stop_podman_service(data_dir)
+    try:
+        if started:
+            started[-1].remove_containers()
+    finally:
+        if started:
+            started[-1].remove_network()
+        stop_podman_service(data_dir)
 
 
 @pytest.fixture

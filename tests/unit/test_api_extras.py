@@ -8,8 +8,8 @@ from tests.unit.test_api import Api, api  # noqa: F401 - the fixture
 async def test_templates_catalogue(api: Api) -> None:  # noqa: F811
     status, payload = await api.call("GET", "/v1/templates")
     assert status == 200
-    assert [t["template_id"] for t in payload["data"]["templates"]] == ["base", "code-interpreter"]
-    assert payload["data"]["pagination"]["total"] == 2
+    assert [t["template_id"] for t in payload["data"]["templates"]] == ["base", "base-gvisor", "code-interpreter"]
+    assert payload["data"]["pagination"]["total"] == 3
     status, payload = await api.call("GET", "/v1/templates/base")
     assert status == 200 and payload["data"]["image"] == "localhost/scalebox/base:latest"
     status, payload = await api.call("GET", "/v1/templates/nope")

@@ -61,6 +61,7 @@ NULLABLE = [
     "secure",
     "is_async",
     "custom_ports",
+    "runtime",
     "object_storage",
     "net_proxy_country",
     "locality",

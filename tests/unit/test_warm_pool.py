@@ -434,7 +434,7 @@ def test_parse_warm_pool(text: str, sizes: dict[str, int]) -> None:
     [
         ("base", "TEMPLATE=N"),
         ("=3", "TEMPLATE=N"),
-        ("nope=1", "no template 'nope'; available: base, code-interpreter"),
+        ("nope=1", "no template 'nope'; available: base, base-gvisor, code-interpreter"),
         ("base=65", "from 0 to 64"),
         ("base=-1", "from 0 to 64"),
         ("base=two", "from 0 to 64"),
