@@ -30,6 +30,8 @@ from controlplane.errors import BadRequest
 MAX_RULES = 256
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
+# As stored and sent: {"allow_out": [...], "deny_out": [...]} (EgressPolicy.to_json()).
+EgressLists = dict[str, list[str]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 import trio
@@ -29,7 +30,9 @@ from appliance import log
 from controlplane.network import nft
 from controlplane.network.nft import FirewallError
 from controlplane.network.ruleset import (
+    EgressSets,
     FirewallSpec,
+    egress_sets,
     online_addresses,
     render,
     render_presence,
@@ -37,6 +40,12 @@ from controlplane.network.ruleset import (
     render_sandboxes,
 )
 from controlplane.records import SandboxRecord
+
+
+@dataclass(frozen=True)
+class _Sets:
+    online: frozenset[str]
+    egress: EgressSets
 
 
 class NetworkPolicy(Protocol):
@@ -74,22 +83,24 @@ class Firewall:
         self._lock = trio.Lock()
         self._requested = 0
         self._served = 0
-        # The online set as last written; None until installed (and after stop).
-        self._applied: frozenset[str] | None = None
+        # The per-sandbox sets as last written; None until installed (and after stop).
+        self._applied: _Sets | None = None
 
     @property
     def installed(self) -> bool:
         return self._applied is not None
 
-    def _online(self) -> frozenset[str]:
-        return online_addresses(self._sandboxes(), self.spec.subnet)
+    def _online(self) -> _Sets:
+        records = list(self._sandboxes())
+        online = online_addresses(records, self.spec.subnet)
+        return _Sets(online, egress_sets(records, online))
 
     async def install(self) -> None:
         """Replace both tables (left by an earlier run, or missing) with rules for the store's sandboxes."""
         async with self._lock:
             online = self._online()
             started = time.monotonic()
-            await self._apply(render(self.spec, online))
+            await self._apply(render(self.spec, online.online, egress=online.egress))
             self._bridge_netfilter(self.spec.interface)
             self._applied = online
             if not nft.br_netfilter_present():
@@ -102,7 +113,8 @@ class Firewall:
                 interface=self.spec.interface,
                 subnet=self.spec.subnet,
                 public_ports=list(self.spec.public_ports),
-                online=len(online),
+                online=len(online.online),
+                proxied=len(online.egress.proxied),
                 seconds=round(time.monotonic() - started, 4),
             )
 
@@ -122,13 +134,13 @@ class Firewall:
             if online != self._applied:
                 started = time.monotonic()
                 try:
-                    await self._apply(render_sandboxes(self.spec, online))
+                    await self._apply(render_sandboxes(self.spec, online.online, egress=online.egress))
                 except FirewallError as exc:
                     # Our tables are gone or damaged (a `flush ruleset`): write them whole.
                     log.event("firewall.rewriting", table=self.spec.table, error=str(exc))
-                    await self._apply(render(self.spec, online))
+                    await self._apply(render(self.spec, online.online, egress=online.egress))
                 self._applied = online
-                log.event("firewall.updated", online=len(online), seconds=round(time.monotonic() - started, 4))
+                log.event("firewall.updated", online=len(online.online), seconds=round(time.monotonic() - started, 4))
             self._served = serving
 
     async def watch(self, *, interval: float = 10.0) -> None:
@@ -147,12 +159,12 @@ class Firewall:
                     pass
                 online = self._online()
                 try:
-                    await self._apply(render(self.spec, online))
+                    await self._apply(render(self.spec, online.online, egress=online.egress))
                 except FirewallError as exc:
                     log.event("firewall.error", table=self.spec.table, error=str(exc))
                     continue
                 self._applied = online
-                log.event("firewall.restored", table=self.spec.table, online=len(online))
+                log.event("firewall.restored", table=self.spec.table, online=len(online.online))
 
     async def stop(self) -> None:
         """On a clean stop: remove the tables, unless sandboxes live on without the appliance.

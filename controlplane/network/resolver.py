@@ -103,7 +103,7 @@ Allow = Callable[[str, str, list[str], int], Awaitable[None]]
 
 class Resolver:
     def __init__(
-        self, *, address: str, upstream: tuple[str, int], lookup: Lookup, allow: Allow, port: int = 53
+        self, *, address: str, upstream: tuple[str, int] | None, lookup: Lookup, allow: Allow, port: int = 53
     ) -> None:
         self.address = address
         self.port = port
@@ -194,6 +194,8 @@ class Resolver:
 
     async def _ask_upstream(self, wire: bytes) -> bytes | None:
         """UDP first, whichever way the sandbox asked; TCP when the answer did not fit."""
+        if self.upstream is None:
+            return None
         with trio.move_on_after(UPSTREAM_TIMEOUT):
             try:
                 reply = await self._udp_upstream(wire)
@@ -206,6 +208,7 @@ class Resolver:
         return None
 
     async def _udp_upstream(self, wire: bytes) -> bytes | None:
+        assert self.upstream is not None
         query_id = wire[:2]
         with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             await sock.connect(self.upstream)
@@ -216,6 +219,7 @@ class Resolver:
                     return bytes(reply)
 
     async def _tcp_upstream(self, wire: bytes) -> bytes | None:
+        assert self.upstream is not None
         stream = await trio.open_tcp_stream(*self.upstream)
         async with stream:
             await stream.send_all(len(wire).to_bytes(2, "big") + wire)

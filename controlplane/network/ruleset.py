@@ -19,11 +19,21 @@ refused except the public gateway port(s), as from the internet, and DNS to
 aardvark-dns on the bridge gateway address. Refusals are rejects (TCP reset,
 ICMP admin-prohibited), never silent drops: a refused connection fails at once.
 
-Per sandbox there is one fact so far: whether it may reach beyond the host
-(`allow_internet_access`). The `online` set holds the addresses of those that may;
+Per sandbox there are two facts. Whether it may reach beyond the host
+(`allow_internet_access`): the `online` set holds the addresses of those that may;
 every other address, including a container that has just started and not yet
 been classified (or a pooled one nobody has taken), has no egress and no DNS.
-So a sandbox starts offline and is let out once its row says so.
+So a sandbox starts offline and is let out once its row says so. And its egress
+lists (controlplane/egress.py), for an online sandbox that has any (`proxied`):
+
+    TCP to anywhere outside the host   redirected to the egress proxy (in the
+                                       appliance), which decides by address, TLS
+                                       SNI and HTTP Host, and logs each connection
+    DNS to anywhere                    redirected to the appliance's resolver, which
+                                       answers only names the lists allow
+    the rest (UDP, ICMP)               by the lists' CIDRs only: `deny_nets` refused;
+                                       for one with an allow list (`allowlisted`),
+                                       only `allow_nets` passes
 
 Even online sandboxes never reach `blocked` destinations: the private, shared
 and link-local ranges where the operator's own networks, the other container
@@ -45,6 +55,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from controlplane.egress import policy_of
 from controlplane.lifecycle.states import LIVE
 from controlplane.records import SandboxRecord
 
@@ -110,6 +121,8 @@ class FirewallSpec:
     gateway: str
     # The gateway's listening ports: reachable from sandboxes as from the internet.
     public_ports: tuple[int, ...]
+    # Where the egress proxy listens, on the gateway address (controlplane/network/egressproxy.py).
+    proxy_port: int = 15001
     blocked: tuple[str, ...] = BLOCKED_DESTINATIONS
 
     def __post_init__(self) -> None:
@@ -122,6 +135,8 @@ class FirewallSpec:
             raise ValueError(f"gateway {self.gateway} is outside the subnet {self.subnet}")
         if not self.public_ports or not all(0 < p < 65536 for p in self.public_ports):
             raise ValueError(f"public ports must be 1-65535, at least one: {self.public_ports!r}")
+        if not 0 < self.proxy_port < 65536 or self.proxy_port in self.public_ports or self.proxy_port == 53:
+            raise ValueError(f"proxy port must be 1-65535, not 53 nor a public port: {self.proxy_port!r}")
         for cidr in self.blocked:
             ipaddress.IPv4Network(cidr)
 
@@ -147,6 +162,53 @@ def online_addresses(records: Iterable[SandboxRecord], subnet: str) -> frozenset
     return frozenset(out)
 
 
+@dataclass(frozen=True)
+class EgressSets:
+    """The per-sandbox egress facts nft enforces itself (see the module docstring)."""
+
+    proxied: frozenset[str] = frozenset()
+    allowlisted: frozenset[str] = frozenset()
+    # (sandbox address, destination CIDR), IPv4 only: the sandboxes have no IPv6 beyond the bridge.
+    allow_nets: frozenset[tuple[str, str]] = frozenset()
+    deny_nets: frozenset[tuple[str, str]] = frozenset()
+
+
+def egress_sets(records: Iterable[SandboxRecord], online: frozenset[str]) -> EgressSets:
+    """The egress sets of the online sandboxes that have lists."""
+    proxied, allowlisted = set(), set()
+    allow_nets: set[tuple[str, str]] = set()
+    deny_nets: set[tuple[str, str]] = set()
+    for rec in records:
+        if rec.ip not in online or not rec.egress or rec.state not in LIVE:
+            continue
+        policy = policy_of(True, rec.egress)
+        if policy.unrestricted:
+            continue
+        address = str(ipaddress.IPv4Address(rec.ip))
+        proxied.add(address)
+        if policy.allow:
+            allowlisted.add(address)
+        for rules, out in ((policy.allow, allow_nets), (policy.deny, deny_nets)):
+            v4 = [n for n in rules.networks if isinstance(n, ipaddress.IPv4Network)]
+            # Collapsed: nft refuses overlapping intervals within one set.
+            out.update((address, str(n)) for n in ipaddress.collapse_addresses(v4))
+    return EgressSets(
+        proxied=frozenset(proxied),
+        allowlisted=frozenset(allowlisted),
+        allow_nets=frozenset(allow_nets),
+        deny_nets=frozenset(deny_nets),
+    )
+
+
+def _nets(pairs: Iterable[tuple[str, str]]) -> list[str]:
+    """Sorted `sandbox . cidr` elements; a /32 is written as its address."""
+    out = []
+    for address, cidr in sorted(pairs, key=lambda p: (ipaddress.IPv4Address(p[0]), ipaddress.IPv4Network(p[1]))):
+        net = ipaddress.IPv4Network(cidr)
+        out.append(f"{ipaddress.IPv4Address(address)} . {net.network_address if net.prefixlen == 32 else net}")
+    return out
+
+
 def _addresses(values: Iterable[str]) -> list[str]:
     """Validated and sorted, so equal inputs render equal text."""
     return [str(a) for a in sorted({ipaddress.IPv4Address(v) for v in values})]
@@ -170,7 +232,43 @@ def _set(name: str, type_: str, values: list[str], *, interval: bool = False, co
     return [*lines, "\t}"]
 
 
-def render(spec: FirewallSpec, online: Iterable[str], peers: Iterable[tuple[str, str]] = ()) -> str:
+def _egress_sets(egress: EgressSets) -> list[str]:
+    return [
+        *_set(
+            "proxied",
+            "ipv4_addr",
+            _addresses(egress.proxied),
+            comment="Online sandboxes with egress lists: their TCP and DNS go through the appliance.",
+        ),
+        *_set(
+            "allowlisted",
+            "ipv4_addr",
+            _addresses(egress.allowlisted),
+            comment="Those of them with an allow list: what it does not name is refused.",
+        ),
+        *_set(
+            "allow_nets",
+            "ipv4_addr . ipv4_addr",
+            _nets(egress.allow_nets),
+            interval=True,
+            comment="sandbox . CIDR its allow list names (UDP, ICMP; TCP is the proxy's).",
+        ),
+        *_set(
+            "deny_nets",
+            "ipv4_addr . ipv4_addr",
+            _nets(egress.deny_nets),
+            interval=True,
+            comment="sandbox . CIDR its deny list names.",
+        ),
+    ]
+
+
+def render(
+    spec: FirewallSpec,
+    online: Iterable[str],
+    peers: Iterable[tuple[str, str]] = (),
+    egress: EgressSets = EgressSets(),
+) -> str:
     """The whole ruleset: both tables replaced (created when missing) in one transaction.
 
     `peers`: pairs of sandbox addresses that may connect to each other directly
@@ -202,6 +300,21 @@ def render(spec: FirewallSpec, online: Iterable[str], peers: Iterable[tuple[str,
             interval=True,
             comment="Never reached from a sandbox: private, shared and link-local ranges.",
         ),
+        *_egress_sets(egress),
+        "",
+        "\t# Sandboxes with egress lists: DNS to the appliance's resolver wherever it was sent,",
+        "\t# TCP leaving the host to the egress proxy (which connects on to the original address).",
+        "\tchain divert {",
+        "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+        f"\t\tiifname {iface} ip saddr @proxied fib daddr type != local jump divert_sandbox",
+        "\t}",
+        "",
+        "\tchain divert_sandbox {",
+        "\t\tudp dport 53 redirect to :53",
+        "\t\ttcp dport 53 redirect to :53",
+        "\t\tip daddr @blocked return",
+        f"\t\tmeta l4proto tcp redirect to :{spec.proxy_port}",
+        "\t}",
         "",
         "\tchain input {",
         "\t\ttype filter hook input priority filter - 10; policy accept;",
@@ -214,9 +327,11 @@ def render(spec: FirewallSpec, online: Iterable[str], peers: Iterable[tuple[str,
         "\t\t# Replies to the host's own connections: the gateway, health probes.",
         "\t\tct state established,related accept",
         *_NEIGHBOUR_DISCOVERY,
-        "\t\t# aardvark-dns. Hook: the appliance's own filtering resolver (issue 5 item 3).",
+        "\t\t# The appliance's resolver (controlplane/network/resolver.py).",
         f"\t\tip saddr @online ip daddr {spec.gateway} udp dport 53 accept",
         f"\t\tip saddr @online ip daddr {spec.gateway} tcp dport 53 accept",
+        "\t\t# The egress proxy, for connections diverted to it (never dialled directly).",
+        f"\t\tip saddr @proxied ip daddr {spec.gateway} tcp dport {spec.proxy_port} ct status dnat accept",
         "\t\t# The public gateway port(s), as from the internet.",
         f"\t\tip saddr @online tcp dport {ports} accept",
         "\t\tgoto refuse",
@@ -240,7 +355,10 @@ def render(spec: FirewallSpec, online: Iterable[str], peers: Iterable[tuple[str,
         "\t\tmeta nfproto ipv6 goto refuse",
         "\t\tip saddr != @online goto refuse",
         "\t\tip daddr @blocked goto refuse",
-        "\t\t# Hook: per-sandbox allow and deny lists (issue 5 item 3).",
+        "\t\tip saddr . ip daddr @deny_nets goto refuse",
+        "\t\t# Their TCP is diverted to the proxy; this ends flows opened before the lists came.",
+        "\t\tip saddr @proxied meta l4proto tcp goto refuse",
+        "\t\tip saddr @allowlisted ip saddr . ip daddr != @allow_nets goto refuse",
         "\t}",
         "",
         "\t# Only replies come in: nothing outside the host opens connections to sandboxes.",
@@ -280,12 +398,24 @@ def _replace(family: str, table: str) -> list[str]:
     return [f"table {family} {table}", f"delete table {family} {table}"]
 
 
-def render_sandboxes(spec: FirewallSpec, online: Iterable[str], peers: Iterable[tuple[str, str]] = ()) -> str:
+def render_sandboxes(
+    spec: FirewallSpec,
+    online: Iterable[str],
+    peers: Iterable[tuple[str, str]] = (),
+    egress: EgressSets = EgressSets(),
+) -> str:
     """The per-sandbox sets replaced in one transaction, the rest of the tables untouched."""
-    lines = [f"flush set inet {spec.table} online"]
-    addresses = _addresses(online)
-    if addresses:
-        lines.append(f"add element inet {spec.table} online {_elements(addresses)}")
+    lines = []
+    for name, elements in (
+        ("online", _addresses(online)),
+        ("proxied", _addresses(egress.proxied)),
+        ("allowlisted", _addresses(egress.allowlisted)),
+        ("allow_nets", _nets(egress.allow_nets)),
+        ("deny_nets", _nets(egress.deny_nets)),
+    ):
+        lines.append(f"flush set inet {spec.table} {name}")
+        if elements:
+            lines.append(f"add element inet {spec.table} {name} {_elements(elements)}")
     pairs = _pairs(peers)
     for family in _FAMILIES:
         lines.append(f"flush set {family} {spec.table} peers")

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from appliance.config import ConfigError, add_serve_arguments, config_from_args
+from appliance.config import ConfigError, add_serve_arguments, config_from_args, parse_dns_upstream
 from controlplane.errors import Unavailable
 from controlplane.lifecycle import pool as pool_module
 from controlplane.lifecycle import service as service_module
@@ -321,3 +321,32 @@ def test_firewall_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("SCALEBOX_FIREWALL", "maybe")
     with pytest.raises(ConfigError, match="on or off"):
         _serve_config([])
+
+
+def test_dns_upstream_option() -> None:
+    assert parse_dns_upstream("") is None
+    assert parse_dns_upstream("10.0.0.2") == ("10.0.0.2", 53)
+    assert parse_dns_upstream(" 127.0.0.1:5353 ") == ("127.0.0.1", 5353)
+    for bad in ("dns.example", "10.0.0.2:0", "10.0.0.2:x", "::1"):
+        with pytest.raises(ConfigError, match="--dns-upstream"):
+            parse_dns_upstream(bad)
+
+
+async def test_egress_lists_reach_the_sets_at_create_and_on_change(env: Env) -> None:
+    await env.firewall.install()
+    rec = await env.service.create(request(egress={"allow_out": ["a.example", "203.0.113.0/24"]}))
+    update = env.nft.updates()[-1]
+    assert f"add element inet {SPEC.table} proxied {{ {rec.ip} }}" in update
+    assert f"add element inet {SPEC.table} allow_nets {{ {rec.ip} . 203.0.113.0/24 }}" in update
+    # The same sandbox, its lists replaced: the sets follow before the call returns.
+    writes = len(env.nft.applied)
+    await env.service.set_network(rec.id, allow_internet_access=None, egress={"deny_out": ["198.51.100.7"]})
+    assert len(env.nft.applied) == writes + 1
+    update = env.nft.updates()[-1]
+    assert f"add element inet {SPEC.table} deny_nets {{ {rec.ip} . 198.51.100.7 }}" in update
+    assert "allowlisted {" not in update
+    # Without internet access it is neither online nor proxied.
+    await env.service.set_network(rec.id, allow_internet_access=False, egress={})
+    assert online_in(env.nft.updates()[-1]) == set()
+    assert "proxied {" not in env.nft.updates()[-1]
+    assert not env.store.get_sandbox(rec.id).allow_internet_access  # type: ignore[union-attr]

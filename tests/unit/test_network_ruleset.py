@@ -14,8 +14,10 @@ import pytest
 from controlplane.lifecycle.states import State
 from controlplane.network.ruleset import (
     BLOCKED_DESTINATIONS,
+    EgressSets,
     FirewallSpec,
     bridge_name,
+    egress_sets,
     network_name,
     online_addresses,
     render,
@@ -144,6 +146,7 @@ def test_sandbox_to_host_allows_replies_dns_and_the_public_ports_only() -> None:
         ND,
         "ip saddr @online ip daddr 10.89.7.1 udp dport 53 accept",
         "ip saddr @online ip daddr 10.89.7.1 tcp dport 53 accept",
+        "ip saddr @proxied ip daddr 10.89.7.1 tcp dport 15001 ct status dnat accept",
         "ip saddr @online tcp dport { 443, 8443 } accept",
         "goto refuse",
     ]
@@ -162,6 +165,9 @@ def test_forwarded_traffic_is_split_by_direction() -> None:
         "meta nfproto ipv6 goto refuse",
         "ip saddr != @online goto refuse",
         "ip daddr @blocked goto refuse",
+        "ip saddr . ip daddr @deny_nets goto refuse",
+        "ip saddr @proxied meta l4proto tcp goto refuse",
+        "ip saddr @allowlisted ip saddr . ip daddr != @allow_nets goto refuse",
     ]
     assert chain(text, "inet", "ingress") == ["ct state established,related accept", "goto refuse"]
 
@@ -214,12 +220,16 @@ def test_render_sandboxes_replaces_the_sets_only() -> None:
     assert render_sandboxes(SPEC, ["10.89.7.3", "10.89.7.2"]).splitlines() == [
         "flush set inet scalebox_abc123 online",
         "add element inet scalebox_abc123 online { 10.89.7.2, 10.89.7.3 }",
+        "flush set inet scalebox_abc123 proxied",
+        "flush set inet scalebox_abc123 allowlisted",
+        "flush set inet scalebox_abc123 allow_nets",
+        "flush set inet scalebox_abc123 deny_nets",
         "flush set inet scalebox_abc123 peers",
         "flush set bridge scalebox_abc123 peers",
     ]
     assert render_sandboxes(SPEC, []).splitlines()[0:2] == [
         "flush set inet scalebox_abc123 online",
-        "flush set inet scalebox_abc123 peers",
+        "flush set inet scalebox_abc123 proxied",
     ]
 
 
@@ -279,3 +289,61 @@ def test_nft_accepts_the_updates_after_the_ruleset() -> None:
 def test_nft_check_catches_a_broken_ruleset() -> None:
     # The check is real: a typo is refused.
     assert nft_check(render(SPEC, []).replace("goto refuse", "goto nowhere", 1)).returncode != 0
+
+
+# -- egress lists -------------------------------------------------------------------------------
+
+
+def _with_egress(ip: str, egress: dict[str, list[str]], *, state: State = State.RUNNING) -> SandboxRecord:
+    return record(int(ip.rsplit(".", 1)[1]), state=state, egress=egress)
+
+
+def test_egress_sets_cover_online_sandboxes_with_lists_only() -> None:
+    records = [
+        _with_egress("10.89.7.2", {"allow_out": ["pypi.org", "203.0.113.0/24", "203.0.113.7", "2001:db8::/32"]}),
+        _with_egress("10.89.7.3", {"deny_out": ["198.51.100.0/25", "198.51.100.128/25", "*.evil.example"]}),
+        _with_egress("10.89.7.4", {}),  # no lists: not proxied
+        _with_egress("10.89.7.5", {"allow_out": ["a.example"]}),  # not online (below)
+        _with_egress("10.89.7.6", {"allow_out": ["a.example"]}, state=State.TERMINATING),
+    ]
+    sets = egress_sets(records, frozenset({"10.89.7.2", "10.89.7.3", "10.89.7.4", "10.89.7.6"}))
+    assert sets.proxied == {"10.89.7.2", "10.89.7.3"}
+    assert sets.allowlisted == {"10.89.7.2"}
+    # Overlaps collapsed (nft refuses them), IPv6 left out (the bridge is IPv4 only).
+    assert sets.allow_nets == {("10.89.7.2", "203.0.113.0/24")}
+    assert sets.deny_nets == {("10.89.7.3", "198.51.100.0/24")}
+
+
+def test_proxied_sandboxes_have_dns_and_tcp_diverted_except_to_the_host_and_blocked_ranges() -> None:
+    text = render(SPEC, [])
+    assert chain(text, "inet", "divert") == [
+        "type nat hook prerouting priority dstnat; policy accept;",
+        'iifname "sbxabc123" ip saddr @proxied fib daddr type != local jump divert_sandbox',
+    ]
+    assert chain(text, "inet", "divert_sandbox") == [
+        "udp dport 53 redirect to :53",
+        "tcp dport 53 redirect to :53",
+        "ip daddr @blocked return",
+        "meta l4proto tcp redirect to :15001",
+    ]
+
+
+def test_egress_sets_render_in_the_table_and_in_updates() -> None:
+    sets = EgressSets(
+        proxied=frozenset({"10.89.7.2"}),
+        allowlisted=frozenset({"10.89.7.2"}),
+        allow_nets=frozenset({("10.89.7.2", "203.0.113.7/32"), ("10.89.7.2", "198.51.100.0/24")}),
+    )
+    text = render(SPEC, ["10.89.7.2"], egress=sets)
+    assert "elements = { 10.89.7.2 . 198.51.100.0/24, 10.89.7.2 . 203.0.113.7 }" in text
+    update = render_sandboxes(SPEC, ["10.89.7.2"], egress=sets).splitlines()
+    for name in ("online", "proxied", "allowlisted", "allow_nets", "deny_nets"):
+        assert f"flush set inet {SPEC.table} {name}" in update
+    assert f"add element inet {SPEC.table} allowlisted {{ 10.89.7.2 }}" in update
+    assert not any("deny_nets {" in line for line in update)
+
+
+def test_the_proxy_port_cannot_clash() -> None:
+    for bad in (0, 53, 443, 70000):
+        with pytest.raises(ValueError):
+            replace(SPEC, proxy_port=bad)
