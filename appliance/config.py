@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class ServeConfig:
     # The appliance's nftables rules isolating sandboxes (controlplane/network/); off for
     # machines without nftables, and then sandboxes are not isolated from the host.
     firewall: bool = True
+    # Where the sandboxes' resolver sends the queries it lets through (host, port); None:
+    # the host's first IPv4 name server in /etc/resolv.conf.
+    dns_upstream: tuple[str, int] | None = None
 
     @property
     def advertised_port(self) -> int:
@@ -140,8 +144,32 @@ def parse_firewall(text: str) -> bool:
     return value == "on"
 
 
+def parse_dns_upstream(text: str) -> tuple[str, int] | None:
+    """`HOST` or `HOST:PORT`, HOST an IPv4 address; empty: None (the host's resolv.conf)."""
+    value = text.strip()
+    if not value:
+        return None
+    host, _, port_text = value.partition(":")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ConfigError(f"--dns-upstream {text[:40]!r}: an IPv4 address, optionally :PORT (10.0.0.2:53)") from None
+    if not port_text:
+        return host, 53
+    if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ConfigError(f"--dns-upstream {text[:40]!r}: the port must be 1-65535")
+    return host, int(port_text)
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
+    parser.add_argument(
+        "--dns-upstream",
+        default=env("SCALEBOX_DNS_UPSTREAM", ""),
+        metavar="IP[:PORT]",
+        help="the name server the sandboxes' resolver forwards allowed queries to"
+        " (env SCALEBOX_DNS_UPSTREAM; default: the host's first IPv4 nameserver in /etc/resolv.conf)",
+    )
     parser.add_argument(
         "--no-firewall",
         dest="firewall",
@@ -265,4 +293,5 @@ def config_from_args(ns: argparse.Namespace) -> ServeConfig:
         wake_timeout=parse_wake_timeout(str(ns.wake_timeout or "")),
         host_ports=parse_host_ports(str(ns.host_ports or ""), listen),
         firewall=parse_firewall(str(ns.firewall)),
+        dns_upstream=parse_dns_upstream(str(ns.dns_upstream or "")),
     )

@@ -18,6 +18,7 @@ import agent
 from appliance import log
 from appliance.config import ListenAddress, ServeConfig
 from appliance.router import make_router
+from appliance.sandboxnet import SandboxNet
 from appliance.vendor import prepare_vendor_dir
 from appliance.workers import WorkerGroup, WorkerSettings, make_waker, reload_tls, run_workers
 from controlplane.api.app import ApiSettings, create_app
@@ -228,8 +229,16 @@ async def _serve_locked(config: ServeConfig) -> None:
                     pool_memory_mb=limits.default_memory_mb,
                     host_ports=config.host_ports,
                     network=network.name,
+                    dns=(network.gateway,),
                     runtimes=runtimes,
                 ),
+            )
+            sandboxnet = SandboxNet(
+                gateway=network.gateway,
+                sandboxes=lambda: store.sandboxes_in(LIVE),
+                version=lambda: store.sandboxes_version,
+                upstream=config.dns_upstream,
+                proxy_port=None if firewall is None else firewall.spec.proxy_port,
             )
             await service.reconcile()
             if firewall is not None:
@@ -277,6 +286,16 @@ async def _serve_locked(config: ServeConfig) -> None:
                 nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope, hangup)
                 if firewall is not None:
                     nursery.start_soon(firewall.watch)
+                try:
+                    await nursery.start(sandboxnet.run)
+                except OSError as exc:
+                    raise StartupError(
+                        f"cannot listen on the sandbox network's gateway {network.gateway} (port 53 for the"
+                        f" sandboxes' resolver, {firewall.spec.proxy_port if firewall else '-'} for the egress"
+                        f" proxy): {exc.strerror or exc}. An older Podman network {network.name} with"
+                        " aardvark-dns may hold it: remove the appliance's sandboxes, then"
+                        f" `podman network rm {network.name}`"
+                    ) from None
                 await nursery.start(service.run)
                 api_stopped = trio.Event()
 

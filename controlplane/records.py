@@ -34,6 +34,9 @@ class SandboxRecord:
     port_tokens: list[dict[str, Any]] = field(default_factory=list)
     # The sandbox runtime it was created with (controlplane/runtime/base.py RUNTIMES).
     runtime: str = "runc"
+    # The egress lists ({"allow_out": [...], "deny_out": [...]}, controlplane/egress.py);
+    # with allow_internet_access, the sandbox's egress policy. Empty: no lists.
+    egress: dict[str, list[str]] = field(default_factory=dict)
     # Epoch seconds; None until the event happened.
     created_at: float
     updated_at: float
@@ -70,3 +73,5 @@ class CreateRequest:
     custom_ports: list[PortRequest] = field(default_factory=list)
     # A runtime by name (base.RUNTIMES); None: the template's.
     runtime: str | None = None
+    # Validated egress lists (controlplane/egress.py EgressPolicy.to_json()); empty: none.
+    egress: dict[str, list[str]] = field(default_factory=dict)

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     custom_ports TEXT NOT NULL,
     port_tokens TEXT NOT NULL DEFAULT '[]',
     runtime TEXT NOT NULL DEFAULT 'runc',
+    egress TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     started_at REAL,
@@ -80,6 +81,7 @@ _SANDBOX_COLUMNS = (
     "custom_ports",
     "port_tokens",
     "runtime",
+    "egress",
     "created_at",
     "updated_at",
     "started_at",
@@ -87,7 +89,7 @@ _SANDBOX_COLUMNS = (
     "paused_at",
     "ended_at",
 )
-_JSON_COLUMNS = {"metadata", "env_vars", "custom_ports", "port_tokens"}
+_JSON_COLUMNS = {"metadata", "env_vars", "custom_ports", "port_tokens", "egress"}
 _BOOL_COLUMNS = {"auto_pause", "allow_internet_access", "secure", "is_async"}
 
 
@@ -186,6 +188,8 @@ _ADDED_COLUMNS = (
     ("port_tokens", "TEXT NOT NULL DEFAULT '[]'"),
     # Sandboxes from before runtimes could be chosen all ran on runc.
     ("runtime", "TEXT NOT NULL DEFAULT 'runc'"),
+    # Sandboxes from before egress lists had none.
+    ("egress", "TEXT NOT NULL DEFAULT '{}'"),
 )
 
 

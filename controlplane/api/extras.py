@@ -9,6 +9,8 @@
     POST   /v1/sandboxes/{id}/ports/{port}/tokens              mint one: {expires_in, path_prefix, methods, name}
     DELETE /v1/sandboxes/{id}/ports/{port}/tokens/{token_id}   revoke one
     GET    /v1/sandboxes/{id}/logs?tail=N      what the sandbox's init and start command printed
+    GET    /v1/sandboxes/{id}/network          its egress policy
+    PUT    /v1/sandboxes/{id}/network          replace it: {allow_internet_access?, allow_out, deny_out}
 
 What a declaration means is in controlplane/ports.py, port tokens in
 controlplane/porttokens.py. A token's secret is shown once, when minted.
@@ -23,7 +25,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from controlplane.api.envelope import success
-from controlplane.api.schemas import iso, pagination_json, parse_page
+from controlplane.api.schemas import iso, network_json, pagination_json, parse_network_update, parse_page
 from controlplane.api.wire import json_response, read_json_body
 from controlplane.errors import BadRequest, NotFound
 from controlplane.lifecycle.service import SandboxService
@@ -134,6 +136,19 @@ def register(app: QuartTrio, *, service: SandboxService, domain: str, public_por
         number = _port_number(sandbox_id, port)
         await service.revoke_port_token(sandbox_id, number, token_id)
         return json_response(success({"sandbox_id": sandbox_id, "port": number, "token_id": token_id}, "revoked"))
+
+    @app.get("/v1/sandboxes/<sandbox_id>/network")
+    async def get_network(sandbox_id: str) -> Response:
+        rec = service.get(sandbox_id)
+        return json_response(success({"sandbox_id": rec.id, **network_json(rec)}))
+
+    @app.put("/v1/sandboxes/<sandbox_id>/network")
+    async def put_network(sandbox_id: str) -> Response:
+        update = parse_network_update(await read_json_body())
+        rec = await service.set_network(
+            sandbox_id, allow_internet_access=update.allow_internet_access, egress=update.egress
+        )
+        return json_response(success({"sandbox_id": rec.id, **network_json(rec)}, "egress policy replaced"))
 
     @app.get("/v1/sandboxes/<sandbox_id>/logs")
     async def logs(sandbox_id: str) -> Response:

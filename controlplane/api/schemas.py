@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from controlplane.egress import EgressPolicy, parse_network, parse_rules, policy_of
 from controlplane.errors import BadRequest
 from controlplane.lifecycle.states import State, sdk_status
 from controlplane.ports import normalise, parse_ports
@@ -142,7 +143,48 @@ def parse_create(body: Any, limits: HostLimits) -> CreateRequest:
         is_async=bool_field(body, "is_async", False),
         custom_ports=parse_ports(body.get("custom_ports")),
         runtime=_runtime(body),
+        egress=_egress(body),
     )
+
+
+def _egress(body: dict[str, Any]) -> dict[str, list[str]]:
+    """`network: {allow_out, deny_out}` at create, stored in canonical form ({} when none)."""
+    allow, deny = parse_network(body.get("network"))
+    policy = EgressPolicy(allow=allow, deny=deny)
+    return policy.to_json() if allow or deny else {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkUpdate:
+    allow_internet_access: bool | None
+    egress: dict[str, list[str]]
+
+
+def parse_network_update(body: Any) -> NetworkUpdate:
+    """`PUT /v1/sandboxes/{id}/network`: {allow_internet_access?, allow_out?, deny_out?}.
+
+    The lists are replaced whole (one left out is emptied); allow_internet_access is
+    changed only when given.
+    """
+    body = json_object(body, "request body")
+    unknown = set(body) - {"allow_internet_access", "allow_out", "deny_out"}
+    if unknown:
+        raise BadRequest(
+            f"unknown field {sorted(unknown)[0]!r}; send allow_internet_access, allow_out, deny_out",
+            code="invalid_field",
+        )
+    internet = body.get("allow_internet_access")
+    if internet is not None and not isinstance(internet, bool):
+        raise BadRequest("allow_internet_access must be true or false", code="invalid_field")
+    allow = parse_rules(body.get("allow_out"), "allow_out")
+    deny = parse_rules(body.get("deny_out"), "deny_out")
+    egress = EgressPolicy(allow=allow, deny=deny).to_json() if allow or deny else {}
+    return NetworkUpdate(allow_internet_access=internet, egress=egress)
+
+
+def network_json(rec: SandboxRecord) -> dict[str, Any]:
+    policy = policy_of(rec.allow_internet_access, rec.egress)
+    return {"allow_internet_access": rec.allow_internet_access, **policy.to_json()}
 
 
 def _runtime(body: dict[str, Any]) -> str | None:
@@ -283,6 +325,7 @@ def sandbox_json(rec: SandboxRecord, exposure: Exposure, now: float) -> dict[str
         "secure": rec.secure,
         "runtime": rec.runtime,
         "allow_internet_access": rec.allow_internet_access,
+        "network": network_json(rec),
         "auto_pause": rec.auto_pause,
         "metadata": rec.metadata,
         "env_vars": rec.env_vars,

@@ -20,6 +20,7 @@ import trio
 
 from appliance import log
 from controlplane.apikeys import random_id
+from controlplane.egress import EgressLists
 from controlplane.errors import ApiError, Conflict, NotFound, Unavailable
 from controlplane.lifecycle import states
 from controlplane.lifecycle.pool import Warm, WarmPool
@@ -73,6 +74,8 @@ class LifecycleConfig:
     host_ports: tuple[int, int] | None = None
     # The appliance's own Podman network (controlplane/network/); None: Podman's default.
     network: str | None = None
+    # The sandboxes' name servers (the appliance's resolver on the network's gateway).
+    dns: tuple[str, ...] = ()
     # The sandbox runtimes this machine can run (runtime/service.py available_runtimes).
     runtimes: frozenset[str] = frozenset({RUNC})
 
@@ -181,6 +184,7 @@ class SandboxService:
             timeout=req.timeout,
             auto_pause=req.auto_pause,
             allow_internet_access=req.allow_internet_access,
+            egress=dict(req.egress),
             runtime=_runtime(template, req),
             secure=req.secure,
             is_async=req.is_async,
@@ -212,6 +216,7 @@ class SandboxService:
             agent_dir=self.config.agent_dir,
             vendor_dir=self.config.vendor_dir,
             network=self.config.network,
+            dns=self.config.dns,
             # runc, the engine's default, is None: as in every spec before runtimes existed.
             runtime=None if runtime == RUNC else runtime,
             # 0 means the default: the same container as asking for it, so a pooled
@@ -459,6 +464,22 @@ class SandboxService:
                 else:
                     used.add(candidate)
         return declare(requests, used, span)
+
+    async def set_network(
+        self, sandbox_id: str, *, allow_internet_access: bool | None, egress: EgressLists
+    ) -> SandboxRecord:
+        """Replace a sandbox's egress policy. The resolver and the egress proxy read it on
+        their next query or connection; the firewall's sets are rewritten before this returns.
+        Connections already open stay open."""
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            if rec.state in (State.TERMINATING, State.TERMINATED, State.FAILED):
+                raise Conflict(f"sandbox {rec.id} is {rec.state.value}", code="invalid_state")
+            internet = rec.allow_internet_access if allow_internet_access is None else allow_internet_access
+            rec = self._save(rec, allow_internet_access=internet, egress=egress)
+            log.event("egress.policy", sandbox_id=rec.id, allow_internet_access=internet, **egress)
+            await self.network_policy.sandboxes_changed()
+            return rec
 
     async def add_port(self, sandbox_id: str, port: PortRequest) -> SandboxRecord:
         async with self._lock(sandbox_id):

@@ -145,14 +145,7 @@ class Appliance:
             return
         ids = [c["Id"] for c in self.containers()]
         if ids:
-            # As PodmanRuntime.remove does: stop, let go of a /dev/shm that Podman 4.3
-            # can leave mounted (user namespaces), then remove.
-            with contextlib.suppress(RuntimeError, RuntimeFailure):
-                podman("stop", "-t", "0", *ids)
-                for attrs in json.loads(podman("inspect", *ids)):
-                    if attrs["State"]["Status"] in ("exited", "stopped"):
-                        release_shm(attrs)
-            podman("rm", "-f", "-t", "0", *ids)
+            remove_containers(*ids)
 
     def remove_network(self) -> None:
         """Its Podman network and nftables tables, which outlive a stop while sandboxes live
@@ -164,6 +157,17 @@ class Appliance:
             podman("network", "rm", network_name(self.instance_id))
         removal = render_removal(table_name(self.instance_id))
         subprocess.run(["nft", "-f", "-"], input=removal, text=True, capture_output=True, check=False)
+
+
+def remove_containers(*names: str) -> None:
+    """`podman rm -f`, as PodmanRuntime.remove does it: stop, let go of a /dev/shm that
+    Podman 4.3 can leave mounted (user namespaces), then remove."""
+    with contextlib.suppress(RuntimeError, RuntimeFailure):
+        podman("stop", "-t", "0", *names)
+        for attrs in json.loads(podman("inspect", *names)):
+            if attrs["State"]["Status"] in ("exited", "stopped"):
+                release_shm(attrs)
+    podman("rm", "-f", "-t", "0", *names)
 
 
 def podman(*args: str) -> str:

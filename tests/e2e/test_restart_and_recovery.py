@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.e2e.appliance import Appliance, podman
+from tests.e2e.appliance import Appliance, podman, remove_containers
 from tests.e2e.helpers import create, wait_for
 
 pytestmark = pytest.mark.podman
@@ -72,7 +72,7 @@ def test_orphan_container_and_vanished_container_are_reconciled(new_appliance: C
         lost = create(first, api)["sandbox_id"]
     assert first.stop() == 0
     # While the appliance is down, one sandbox's container disappears...
-    podman("rm", "-f", "-t", "0", f"scalebox-{lost}")
+    remove_containers(f"scalebox-{lost}")
     # ...and a container of ours appears that no row knows.
     podman("run", "-d", "--name", f"scalebox-orphan-{first.port}", "--label", "io.scalebox.managed=true",
            "--label", f"io.scalebox.instance={first.instance_id}", "--label", "io.scalebox.sandbox-id=sbx-orphan0000",
