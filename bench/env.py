@@ -137,6 +137,8 @@ def running_appliance(extra_env: dict[str, str] | None = None) -> Iterator[Bench
                 app.kill()
         if instance:
             remove_labelled(LABEL_INSTANCE, instance)
+            # Its Podman network and nftables tables outlive it while sandboxes lived.
+            app.remove_network()
         for pid, started in workers:
             if started is not None and procs.start_time(pid) == started:
                 with contextlib.suppress(OSError):

@@ -285,3 +285,37 @@ def tcp_table(data: dict[str, Any]) -> str:
     lines += [f"  note: {n}" for n in data.get("notes", [])]
     lines += [f"  FAILED: {f}" for f in data.get("failed", [])]
     return "\n".join(lines)
+
+
+def egress_table(data: dict[str, Any]) -> str:
+    """`data` is `EgressResult.to_json()`."""
+    summ, plan = data["summary"], data["plan"]
+    width = 44
+    title = (
+        f"egress from a sandbox: through the egress proxy (allow_out) vs direct (no lists), paired rounds"
+        f" ({plan['connect_rounds'] * plan['connect_per_round']} connections, {plan['transfer_rounds']} x"
+        f" {plan['transfer_mib']} MiB each way, {plan['echo_rounds'] * plan['echo_per_round']} round trips,"
+        f" {plan['dns_rounds'] * plan['dns_per_round']} lookups per sandbox; medians; MB = 10^6 bytes)"
+    )
+    lines = [title, f"  {'metric':{width}}{'direct':>12}{'proxied':>12}{'ratio':>10}"]
+    for row in summ["rows"]:
+        spec = "{:.0f}" if "MB/s" in row["label"] else ("{:.2f}" if row["key"].startswith("cpu_") else "{:.3f}")
+        lines.append(
+            f"  {row['label']:{width}}{_fmt(row['direct'], spec):>12}{_fmt(row['proxied'], spec):>12}"
+            f"{_fmt(row['ratio'], '{:.2f}x'):>10}"
+        )
+    lines.append("  ratio: proxied / direct, the median of per-round ratios (p90, p99: of the two values); time: > 1")
+    lines.append("  is worse, MB/s: < 1 is worse; appliance CPU, direct: its background (the proxy is not on its path)")
+    lines.append(
+        f"  proxy CPU (proxied minus direct): {_fmt(summ.get('proxy_cpu_s_per_gb'), '{:.2f}')} s per GB moved,"
+        f" {_fmt(summ.get('proxy_cpu_ms_per_connection'), '{:.2f}')} ms per connection"
+    )
+    lines.append(
+        f"  DNS: a UDP query through the appliance's resolver (from the proxied sandbox) vs the same query from the"
+        f" host straight to the upstream: {_fmt(summ.get('dns_resolver_vs_upstream'), '{:.2f}x')}"
+        f" (host to upstream p50 {_fmt(summ.get('dns_host_to_upstream_p50_ms'), '{:.3f}')} ms);"
+        " both sandboxes ask the resolver"
+    )
+    lines += [f"  note: {n}" for n in data.get("notes", [])]
+    lines += [f"  FAILED: {f}" for f in data.get("failed", [])]
+    return "\n".join(lines)
