@@ -6,6 +6,8 @@ import contextlib
 
 import trio
 
+from gateway import zerocopy
+
 CHUNK = 64 * 1024
 
 
@@ -121,8 +123,11 @@ async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float)
 
     A direction that ends into a stream that cannot be half-closed (TLS) ends both.
     Idleness is measured across both directions together: a WebSocket that only
-    ever talks one way is busy, not idle.
+    ever talks one way is busy, not idle. Two plain TCP sockets are relayed inside
+    the kernel (gateway/zerocopy.py).
     """
+    if isinstance(a, trio.SocketStream) and isinstance(b, trio.SocketStream) and zerocopy.available():
+        return await zerocopy.splice_sockets(a, b, idle_timeout=idle_timeout)
     activity = _Activity()
     a_to_b, b_to_a = [0], [0]
     async with trio.open_nursery() as nursery:
