@@ -27,6 +27,7 @@ from typing import Protocol
 import trio
 
 from appliance import log
+from controlplane.lifecycle.states import LIVE
 from controlplane.network import nft
 from controlplane.network.nft import FirewallError
 from controlplane.network.ruleset import (
@@ -39,6 +40,7 @@ from controlplane.network.ruleset import (
     render_removal,
     render_sandboxes,
 )
+from controlplane.projects import peer_pairs
 from controlplane.records import SandboxRecord
 
 
@@ -46,6 +48,7 @@ from controlplane.records import SandboxRecord
 class _Sets:
     online: frozenset[str]
     egress: EgressSets
+    peers: frozenset[tuple[str, str]] = frozenset()
 
 
 class NetworkPolicy(Protocol):
@@ -75,9 +78,12 @@ class Firewall:
         sandboxes: Callable[[], Iterable[SandboxRecord]],
         apply: Applier = nft.apply,
         bridge_netfilter: Callable[[str], bool] = nft.ensure_bridge_netfilter,
+        connecting: Callable[[], set[str]] = set,
     ) -> None:
         self.spec = spec
         self._sandboxes = sandboxes
+        # Ids of the projects whose sandboxes may connect to each other (controlplane/projects.py).
+        self._connecting = connecting
         self._apply = apply
         self._bridge_netfilter = bridge_netfilter
         self._lock = trio.Lock()
@@ -93,14 +99,16 @@ class Firewall:
     def _online(self) -> _Sets:
         records = list(self._sandboxes())
         online = online_addresses(records, self.spec.subnet)
-        return _Sets(online, egress_sets(records, online))
+        live = [(r.project_id, r.ip) for r in records if r.state in LIVE]
+        peers = frozenset(peer_pairs(live, self._connecting()))
+        return _Sets(online, egress_sets(records, online), peers)
 
     async def install(self) -> None:
         """Replace both tables (left by an earlier run, or missing) with rules for the store's sandboxes."""
         async with self._lock:
             online = self._online()
             started = time.monotonic()
-            await self._apply(render(self.spec, online.online, egress=online.egress))
+            await self._apply(render(self.spec, online.online, online.peers, egress=online.egress))
             self._bridge_netfilter(self.spec.interface)
             self._applied = online
             if not nft.br_netfilter_present():
@@ -134,14 +142,26 @@ class Firewall:
             if online != self._applied:
                 started = time.monotonic()
                 try:
-                    await self._apply(render_sandboxes(self.spec, online.online, egress=online.egress))
+                    await self._apply(render_sandboxes(self.spec, online.online, online.peers, egress=online.egress))
                 except FirewallError as exc:
                     # Our tables are gone or damaged (a `flush ruleset`): write them whole.
                     log.event("firewall.rewriting", table=self.spec.table, error=str(exc))
-                    await self._apply(render(self.spec, online.online, egress=online.egress))
+                    await self._apply(render(self.spec, online.online, online.peers, egress=online.egress))
                 self._applied = online
                 log.event("firewall.updated", online=len(online.online), seconds=round(time.monotonic() - started, 4))
             self._served = serving
+
+    async def present(self) -> bool:
+        """Whether both tables are there (changes nothing)."""
+        try:
+            # One command per run: nft 1.0.6 answers a second `list table` in the same
+            # buffer with "No such file or directory" (its cache), which made the watch
+            # rewrite the whole ruleset every 10 s.
+            for command in render_presence(self.spec.table).splitlines():
+                await self._apply(command + "\n")
+        except FirewallError:
+            return False
+        return True
 
     async def watch(self, *, interval: float = 10.0) -> None:
         """Every `interval` seconds, put the tables back if something removed them: a
@@ -152,14 +172,11 @@ class Firewall:
             async with self._lock:
                 if self._applied is None:
                     continue
-                try:
-                    await self._apply(render_presence(self.spec.table))
+                if await self.present():
                     continue
-                except FirewallError:
-                    pass
                 online = self._online()
                 try:
-                    await self._apply(render(self.spec, online.online, egress=online.egress))
+                    await self._apply(render(self.spec, online.online, online.peers, egress=online.egress))
                 except FirewallError as exc:
                     log.event("firewall.error", table=self.spec.table, error=str(exc))
                     continue

@@ -347,3 +347,20 @@ def test_the_proxy_port_cannot_clash() -> None:
     for bad in (0, 53, 443, 70000):
         with pytest.raises(ValueError):
             replace(SPEC, proxy_port=bad)
+
+
+@needs_nft
+async def test_the_presence_check_holds_against_the_real_nft() -> None:
+    """The watch asks nft whether the tables are there: with nft's own answers, not a fake's."""
+    from controlplane.network import nft
+    from controlplane.network.firewall import Firewall, remove_tables
+
+    spec = replace(SPEC, table=f"scalebox_t{os.getpid()}")
+    firewall = Firewall(spec=spec, sandboxes=list, apply=nft.apply, bridge_netfilter=lambda _: True)
+    try:
+        await firewall.install()
+        assert await firewall.present()
+        await nft.apply(f"delete table inet {spec.table}\n")
+        assert not await firewall.present()
+    finally:
+        await remove_tables(spec.table)
