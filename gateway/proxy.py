@@ -42,6 +42,7 @@ from gateway.requesthead import RequestHead, read_head
 from gateway.routing.hosts import InvalidHost, normalise_host
 from gateway.streams import CHUNK, PrefixedStream, splice
 from gateway.tls.names import misdirected
+from gateway.traffic import TrafficCounter
 from gateway.upstream import Pool, UpstreamConnection, UpstreamUnavailable
 
 __all__ = ["ClientInfo", "HttpLimits", "HttpSession", "Router", "Waker", "bypasses_token"]
@@ -208,9 +209,12 @@ class HttpSession:
         exchanges: Counts[str],
         worker: int = 0,
         waker: Waker | None = None,
+        traffic: TrafficCounter | None = None,
     ) -> None:
         self.stream = stream
         self.waker = waker
+        # Bytes of each request forwarded to a sandbox are added here, for metering.
+        self.traffic = traffic
         self.client = client
         self.router = router
         self.pool = pool
@@ -232,6 +236,9 @@ class HttpSession:
         self._tunnelled_in = 0
         # An error answer is followed by a close while the client may still be sending.
         self._linger = False
+        # Whether the request being relayed went up whole before its answer began (_relay).
+        self._body_forwarded = False
+        self._answered = False
         # Of the request being answered: the token it carried, and how.
         self._credential: Credential | None = None
 
@@ -446,6 +453,9 @@ class HttpSession:
             if counted:
                 assert sandbox is not None
                 self.exchanges.give_back(sandbox)
+            bytes_in = self._head_length + self._body_received + self._tunnelled_in
+            if sandbox is not None and self.traffic is not None:
+                self.traffic.add(sandbox, bytes_in, self._bytes_out)
             log.event(
                 "gateway.request",
                 request_id=rid,
@@ -459,7 +469,7 @@ class HttpSession:
                 status=status,
                 outcome=outcome,
                 # Bytes read from the client (head, body, and a tunnel's traffic) and written to it.
-                bytes_in=self._head_length + self._body_received + self._tunnelled_in,
+                bytes_in=bytes_in,
                 bytes_out=self._bytes_out,
                 worker=self.worker,
                 ms=round((time.monotonic() - started) * 1000, 2),
@@ -666,6 +676,7 @@ class HttpSession:
             await self._pump_request_body(up)
             status, switched = await self._pump_response(up, fwd, upgrade)
         else:
+            self._body_forwarded = self._answered = False
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump_request_body_then_watch, up)
@@ -677,13 +688,33 @@ class HttpSession:
         if switched:
             await self._tunnel(up)
             return status, False
+        # The answer came before the whole request went up, or the send was cancelled
+        # half-way (h11 counts bytes as sent before they leave): the upstream may still
+        # wait for them and take our next request as their end, or (hypercorn) hang on
+        # it. The API answers a POST with a bad key as soon as its head arrives, so this
+        # is common. An error answer to a request with a body may have been such an early
+        # one even when the body seemed to go first. None of these is pooled.
+        # (Without a body the whole request is its head: nothing can arrive late. The
+        # pool still checks both h11 states before keeping a connection.)
+        pooled = upgrade or not has_body or (self._body_forwarded and status < 400)
+        if not pooled:
+            await self.pool.discard(up)
+        if self.conn.their_state is h11.SEND_BODY:
+            # The client has not finished its body, and was not told to close: it will
+            # send its next request on this connection. Read the rest (small ones only)
+            # so that request is served, not swallowed by a lingering close.
+            await self.pool.discard(up)
+            if await self._discard_body():
+                return status, not self.drain.draining
+            return status, False
         if self.conn.their_state not in (h11.DONE, h11.MUST_CLOSE):
             # The request body never ended: neither side of this exchange can be reused.
             # (MUST_CLOSE is a complete request whose client asked to close after it:
             # the upstream connection is still good.)
             await self.pool.discard(up)
             return status, False
-        await self.pool.release(up)
+        if pooled:
+            await self.pool.release(up)
         return status, not self.drain.draining
 
     async def _pump_request_body_then_watch(self, up: UpstreamConnection) -> None:
@@ -694,7 +725,10 @@ class HttpSession:
         Leaving cancels the response and closes the upstream connection, which is
         how the upstream learns of it.
         """
-        await self._pump_request_body(up)
+        whole = await self._pump_request_body(up)
+        # Whole, and before the answer began: an upstream that answered first (hypercorn
+        # does, for an early 401) hangs on its next request once the rest arrives.
+        self._body_forwarded = whole and not self._answered
         if self.conn.their_state is not h11.DONE:
             return
         # Most answers come sooner: watching from the start would cost every request a
@@ -713,7 +747,8 @@ class HttpSession:
             raise _ClientGone("client closed before its response ended")
         self.conn.receive_data(bytes(data))  # a pipelined request: kept for the next cycle
 
-    async def _pump_request_body(self, up: UpstreamConnection) -> None:
+    async def _pump_request_body(self, up: UpstreamConnection) -> bool:
+        """Forward the request body; True once all of it went up."""
         while self.conn.their_state is h11.SEND_BODY:
             event = await self._read_body_event()
             if isinstance(event, h11.Data | h11.EndOfMessage):
@@ -721,9 +756,10 @@ class HttpSession:
                     await _send(up.conn, up.stream, event)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     # Upstream stopped reading; its response (or its absence) tells the rest.
-                    return
+                    return False
             elif isinstance(event, h11.ConnectionClosed):
                 raise _ClientGone("client closed mid-body")
+        return True
 
     async def _await_answer(self, up: UpstreamConnection, fwd: Forward) -> None:
         """Wait for the upstream's first bytes, telling "closed without a word" from a bad answer.
@@ -764,6 +800,7 @@ class HttpSession:
                 self._bytes_out += len(data)
 
         await self._await_answer(up, fwd)
+        self._answered = True
         while True:
             try:
                 event: object = up.conn.next_event()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h11
+import pytest
 import trio
 import trustme
 import wsproto
@@ -907,3 +908,77 @@ async def test_invalid_host_is_a_400() -> None:
             response, body = await fetch(client, get(host=b"alpha.test:99999"))
             assert response.status_code == 400
             await client.stream.aclose()
+
+
+async def early_answer_handler(up: Upstream, stream: trio.SocketStream) -> None:
+    """Like the API refusing a key: 401 as soon as the head is in, the body read after."""
+    peer = Peer(stream, h11.SERVER)
+    while True:
+        event = await peer.next_event()
+        if isinstance(event, h11.ConnectionClosed):
+            return
+        assert isinstance(event, h11.Request), event
+        up.requests.append((event, b""))
+        await peer.respond(401, b"no key")
+        await peer.read_body()
+        if not peer.next_cycle():
+            return
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_an_answer_before_the_request_body_ends_keeps_the_client_connection_usable(tls: bool) -> None:
+    async with upstream(early_answer_handler) as up, running_gateway({"alpha.test": forward_to(up)}) as gw:
+        stream = await gw.connect_tls() if tls else await gw.connect()
+        client = Peer(stream, h11.CLIENT)
+        post = h11.Request(
+            method="POST", target="/v1/sandboxes", headers=[(b"host", b"alpha.test"), (b"content-length", b"2")]
+        )
+        await client.send(post)
+        # The body comes after the head, in its own packet (as httpx sends it).
+        await trio.sleep(0.05)
+        await client.send(h11.Data(data=b"{}"), h11.EndOfMessage())
+        response, body = await client.read_response()
+        assert (response.status_code, body) == (401, b"no key")
+        assert client.next_cycle()
+        # The next request on the same connection is answered, not swallowed.
+        with trio.fail_after(1.5):
+            response, _ = await fetch(client, get("/again"))
+        assert response.status_code == 401
+        assert [r.target for r, _ in up.requests][-1] == b"/again"
+        await stream.aclose()
+
+
+async def answers_early_then_hangs(up: Upstream, stream: trio.SocketStream) -> None:
+    """As hypercorn does: an answer before the body, and after it a connection that never
+    answers again. A connection that answered early must not be pooled."""
+    peer = Peer(stream, h11.SERVER)
+    event = await peer.next_event()
+    if isinstance(event, h11.ConnectionClosed):
+        return
+    assert isinstance(event, h11.Request), event
+    up.requests.append((event, b""))
+    await peer.respond(401, b"no key")
+    if event.method == b"POST":
+        await peer.read_body()
+        await trio.sleep_forever()
+    await peer.read_body()
+    if peer.next_cycle():
+        await answers_early_then_hangs(up, stream)
+
+
+async def test_an_upstream_that_answered_before_the_body_is_not_reused() -> None:
+    async with upstream(answers_early_then_hangs) as up, running_gateway({"alpha.test": forward_to(up)}) as gw:
+        client = await gw.client()
+        post = h11.Request(
+            method="POST", target="/v1/sandboxes", headers=[(b"host", b"alpha.test"), (b"content-length", b"2")]
+        )
+        await client.send(post)
+        await trio.sleep(0.05)
+        await client.send(h11.Data(data=b"{}"), h11.EndOfMessage())
+        response, _ = await client.read_response()
+        assert response.status_code == 401 and client.next_cycle()
+        with trio.fail_after(1.5):
+            response, _ = await fetch(client, get("/next"))
+        assert response.status_code == 401
+        assert up.accepted == 2
+        await client.stream.aclose()
