@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controlplane.templates import BUILTIN
+from controlplane.usage.meter import DEFAULT_INTERVAL as DEFAULT_METER_INTERVAL
+from controlplane.usage.prices import PriceTable, load_prices
 from gateway.tls.certs import normalise_domain
 from gateway.wake import DEFAULT_WAKE_TIMEOUT
 
@@ -63,6 +65,13 @@ class ServeConfig:
     # Where the sandboxes' resolver sends the queries it lets through (host, port); None:
     # the host's first IPv4 name server in /etc/resolv.conf.
     dns_upstream: tuple[str, int] | None = None
+    # Multiplies the webhook retry delays (10 s, 1 min, ...): tests set it small through
+    # SCALEBOX_WEBHOOK_RETRY_SCALE; not an option, nobody else should want it.
+    webhook_retry_scale: float = 1.0
+    # What usage costs (controlplane/usage/prices.py); all free unless --prices names a file.
+    prices: PriceTable = field(default_factory=PriceTable)
+    # Seconds between two passes of the usage meter (controlplane/usage/meter.py).
+    meter_interval: float = DEFAULT_METER_INTERVAL
 
     @property
     def advertised_port(self) -> int:
@@ -144,6 +153,18 @@ def parse_firewall(text: str) -> bool:
     return value == "on"
 
 
+def parse_retry_scale(text: str) -> float:
+    if not text.strip():
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.001 <= value <= 1000:
+        raise ConfigError(f"SCALEBOX_WEBHOOK_RETRY_SCALE {text[:20]!r}: a number from 0.001 to 1000")
+    return value
+
+
 def parse_dns_upstream(text: str) -> tuple[str, int] | None:
     """`HOST` or `HOST:PORT`, HOST an IPv4 address; empty: None (the host's resolv.conf)."""
     value = text.strip()
@@ -163,6 +184,20 @@ def parse_dns_upstream(text: str) -> tuple[str, int] | None:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
+    parser.add_argument(
+        "--prices",
+        default=env("SCALEBOX_PRICES", ""),
+        metavar="FILE",
+        help="price table for usage and invoices, JSON or TOML: currency, cpu_hour, memory_gb_hour,"
+        " storage_gb_month, traffic_gb (env SCALEBOX_PRICES; default: everything free, USD)",
+    )
+    parser.add_argument(
+        "--meter-interval",
+        default=env("SCALEBOX_METER_INTERVAL", ""),
+        metavar="SECONDS",
+        help=f"seconds between usage samples of running sandboxes (env SCALEBOX_METER_INTERVAL;"
+        f" default {DEFAULT_METER_INTERVAL:g})",
+    )
     parser.add_argument(
         "--dns-upstream",
         default=env("SCALEBOX_DNS_UPSTREAM", ""),
@@ -261,6 +296,29 @@ def default_gateway_processes() -> int:
     return max(1, min(os.cpu_count() or 1, MAX_GATEWAY_PROCESSES))
 
 
+def parse_prices(text: str) -> PriceTable:
+    """The price table in the file `text` names (JSON, or TOML by its .toml suffix); empty: all free."""
+    if not text.strip():
+        return PriceTable()
+    try:
+        return load_prices(Path(text))
+    except ValueError as exc:
+        raise ConfigError(f"--prices: {exc}") from None
+
+
+def parse_meter_interval(text: str) -> float:
+    if not text.strip():
+        return DEFAULT_METER_INTERVAL
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    # Below a second the Podman stats calls would be most of what the appliance does.
+    if not 1 <= seconds <= 3600:
+        raise ConfigError(f"--meter-interval {text[:20]!r}: seconds, from 1 to 3600")
+    return seconds
+
+
 def parse_gateway_processes(text: str) -> int:
     if not text:
         return default_gateway_processes()
@@ -294,4 +352,7 @@ def config_from_args(ns: argparse.Namespace) -> ServeConfig:
         host_ports=parse_host_ports(str(ns.host_ports or ""), listen),
         firewall=parse_firewall(str(ns.firewall)),
         dns_upstream=parse_dns_upstream(str(ns.dns_upstream or "")),
+        prices=parse_prices(str(ns.prices or "")),
+        meter_interval=parse_meter_interval(str(ns.meter_interval or "")),
+        webhook_retry_scale=parse_retry_scale(os.environ.get("SCALEBOX_WEBHOOK_RETRY_SCALE", "")),
     )

@@ -24,6 +24,7 @@ from appliance.workers import WorkerGroup, WorkerSettings, make_waker, reload_tl
 from controlplane.api.app import ApiSettings, create_app
 from controlplane.api.schemas import HostLimits
 from controlplane.apikeys import ensure_admin_key, random_id
+from controlplane.hooks.webhooks import Deliverer, Webhooks
 from controlplane.lifecycle.service import LABEL_INSTANCE, LABEL_MANAGED, LifecycleConfig, SandboxService
 from controlplane.lifecycle.states import LIVE, State, wakes_on_traffic
 from controlplane.network import nft
@@ -34,10 +35,12 @@ from controlplane.runtime.podman_runtime import PodmanRuntime
 from controlplane.runtime.service import available_runtimes, gvisor_service, podman_service
 from controlplane.store import Store
 from controlplane.tokens import load_or_create_secret
+from controlplane.usage.meter import Meter
 from gateway.hostports import HostPortForwarder, HostPortLimits, PortedSandbox
 from gateway.server import Gateway
 from gateway.tls.certs import ensure_certificates, load_user_certificate
 from gateway.tls.identity import load_server_tls
+from gateway.traffic import TrafficCounter
 from gateway.upstream import Pool, UnixAddress
 
 
@@ -142,7 +145,11 @@ async def _firewall(config: ServeConfig, store: Store, network: NetworkInfo, ins
         )
     except ValueError as exc:
         raise StartupError(f"Podman network {network.name}: {exc}") from None
-    return Firewall(spec=spec, sandboxes=lambda: store.sandboxes_in(LIVE | {State.TERMINATING}))
+    return Firewall(
+        spec=spec,
+        sandboxes=lambda: store.sandboxes_in(LIVE | {State.TERMINATING}),
+        connecting=store.connecting_projects,
+    )
 
 
 def _ported_sandboxes(store: Store) -> list[PortedSandbox]:
@@ -244,11 +251,23 @@ async def _serve_locked(config: ServeConfig) -> None:
             if firewall is not None:
                 # After reconcile: the rules are made from the rows it repaired.
                 await firewall.install()
+            webhooks = Webhooks(store.hooks)
+            deliverer = Deliverer(webhooks, retry_scale=config.webhook_retry_scale)
+            # Usage metering: this process's gateway counts traffic straight into the meter.
+            traffic = TrafficCounter()
+            meter = Meter(service=service, usage=store.usage, interval=config.meter_interval)
+            meter.pull_traffic_from(traffic.take)
             app = create_app(
                 service=service,
                 store=store,
+                webhooks=webhooks,
+                meter=meter,
                 settings=ApiSettings(
-                    domain=config.domain, public_port=config.advertised_port, secret=secret, limits=limits
+                    domain=config.domain,
+                    public_port=config.advertised_port,
+                    secret=secret,
+                    limits=limits,
+                    prices=config.prices,
                 ),
             )
 
@@ -260,7 +279,9 @@ async def _serve_locked(config: ServeConfig) -> None:
                 version=lambda: store.sandboxes_version,
             )
             waker = make_waker(api_socket=str(api_socket), secret=secret, timeout=config.wake_timeout, worker=0)
-            gateway = Gateway(router=router.http, streams=router.stream, tls=tls, pool=Pool(), waker=waker)
+            gateway = Gateway(
+                router=router.http, streams=router.stream, tls=tls, pool=Pool(), waker=waker, traffic=traffic
+            )
             workers = WorkerGroup()
 
             def hangup() -> None:
@@ -297,6 +318,8 @@ async def _serve_locked(config: ServeConfig) -> None:
                         f" `podman network rm {network.name}`"
                     ) from None
                 await nursery.start(service.run)
+                await nursery.start(deliverer.run)
+                await nursery.start(meter.run)
                 api_stopped = trio.Event()
 
                 async def run_api() -> None:
@@ -315,6 +338,7 @@ async def _serve_locked(config: ServeConfig) -> None:
                         version=lambda: store.sandboxes_version,
                         hosts=[address.host for address in config.listen],
                         waker=waker,
+                        traffic=traffic,
                         limits=HostPortLimits(
                             tunnel_idle_timeout=gateway.limits.http.tunnel_idle_timeout,
                             connect_timeout=gateway.pool.connect_timeout,
@@ -360,6 +384,9 @@ async def _serve_locked(config: ServeConfig) -> None:
                 with trio.move_on_after(gateway.limits.drain_timeout + 2):
                     await api_stopped.wait()
                     await workers_stopped.wait()
+                # A last pass: the usage and traffic since the previous one are kept.
+                with trio.move_on_after(5):
+                    await meter.sample_once()
                 nursery.cancel_scope.cancel()
             # A clean stop only: after a crash the rules stay (see Firewall.stop).
             if firewall is not None:

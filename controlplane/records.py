@@ -37,6 +37,10 @@ class SandboxRecord:
     # The egress lists ({"allow_out": [...], "deny_out": [...]}, controlplane/egress.py);
     # with allow_internet_access, the sandbox's egress policy. Empty: no lists.
     egress: dict[str, list[str]] = field(default_factory=dict)
+    # The user who created it; only they see it (others get 404).
+    owner_id: str = "usr-admin"
+    # Its project (controlplane/projects.py); '' for rows from before projects.
+    project_id: str = ""
     # Epoch seconds; None until the event happened.
     created_at: float
     updated_at: float
@@ -47,12 +51,46 @@ class SandboxRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProjectRecord:
+    id: str
+    owner_id: str
+    name: str
+    description: str = ""
+    # Every user has one, made with their first sandbox; it cannot be deleted.
+    is_default: bool = False
+    # Whether its sandboxes may connect to each other directly (the firewall's peers).
+    sandboxes_connect: bool = False
+    created_at: float
+    updated_at: float
+
+
+# The appliance's own admin (controlplane/users.py), made on first start.
+ADMIN_USER_ID = "usr-admin"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserRecord:
+    id: str
+    name: str
+    # "admin" (manages users) or "user".
+    role: str
+    created_at: float
+    disabled_at: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ApiKeyRecord:
     id: str
+    # The user it acts for (controlplane/users.py); keys from before users belong to the admin.
+    user_id: str = "usr-admin"
     name: str
     secret_hash: bytes
     prefix: str
     created_at: float
+    # None: never expires.
+    expires_at: float | None = None
+    # Set while disabled: refused, kept, can be enabled again.
+    disabled_at: float | None = None
     revoked_at: float | None = None
 
 
@@ -75,3 +113,10 @@ class CreateRequest:
     runtime: str | None = None
     # Validated egress lists (controlplane/egress.py EgressPolicy.to_json()); empty: none.
     egress: dict[str, list[str]] = field(default_factory=dict)
+    # The user creating it (controlplane/users.py): its owner.
+    owner_id: str = "usr-admin"
+    # A project of theirs, by id; "" for their default project.
+    project_id: str = ""
+    # Fields the client left out ("cpu_count", "memory_mb"), given the API's defaults
+    # above: a template's own defaults replace those (lifecycle/service.py).
+    unset: frozenset[str] = frozenset()

@@ -1,4 +1,4 @@
-"""SQLite persistence: the truth about sandboxes and API keys.
+"""SQLite persistence: the truth about sandboxes, users and API keys.
 
 WAL mode with synchronous=NORMAL: a committed transaction survives a `kill -9` of the
 appliance (only a power loss may drop the last commits), and commits cost no fsync.
@@ -9,6 +9,7 @@ the query and would need its own locking.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -16,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controlplane.hooks.store import HooksStore
 from controlplane.lifecycle.states import State
-from controlplane.records import ApiKeyRecord, SandboxRecord
+from controlplane.records import ApiKeyRecord, ProjectRecord, SandboxRecord, UserRecord
+from controlplane.templatestore import TemplateStore
+from controlplane.usage.store import UsageStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -42,6 +46,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     port_tokens TEXT NOT NULL DEFAULT '[]',
     runtime TEXT NOT NULL DEFAULT 'runc',
     egress TEXT NOT NULL DEFAULT '{}',
+    owner_id TEXT NOT NULL DEFAULT 'usr-admin',
+    project_id TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     started_at REAL,
@@ -52,11 +58,32 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 CREATE INDEX IF NOT EXISTS sandboxes_state ON sandboxes (state);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL DEFAULT 'usr-admin',
     name TEXT NOT NULL,
     secret_hash BLOB NOT NULL UNIQUE,
     prefix TEXT NOT NULL,
     created_at REAL NOT NULL,
+    expires_at REAL,
+    disabled_at REAL,
     revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS projects (
+    id TEXT PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    is_default INTEGER NOT NULL DEFAULT 0,
+    sandboxes_connect INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (owner_id, name)
+);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    disabled_at REAL
 );
 """
 
@@ -82,6 +109,8 @@ _SANDBOX_COLUMNS = (
     "port_tokens",
     "runtime",
     "egress",
+    "owner_id",
+    "project_id",
     "created_at",
     "updated_at",
     "started_at",
@@ -97,6 +126,9 @@ _BOOL_COLUMNS = {"auto_pause", "allow_internet_access", "secure", "is_async"}
 class SandboxQuery:
     states: frozenset[State] | None = None
     metadata: dict[str, str] | None = None
+    # Only this user's sandboxes; None: everyone's (the appliance's own loops).
+    owner_id: str | None = None
+    project_id: str | None = None
     limit: int = 100
     offset: int = 0
 
@@ -110,6 +142,11 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
         _migrate(self._db)
+        # Users' templates and their build logs, in tables of their own on this connection.
+        self.templates = TemplateStore(self._db)
+        self.hooks = HooksStore(self._db)
+        # Metered usage, sessions and final invoices (controlplane/usage/).
+        self.usage = UsageStore(self._db)
         # Counts writes to the sandbox table: what the gateway's route cache keys on.
         self.sandboxes_version = 0
 
@@ -148,6 +185,12 @@ class Store:
         """One page of sandboxes, newest first, and the total that match."""
         where: list[str] = []
         args: list[object] = []
+        if query.owner_id is not None:
+            where.append("owner_id = ?")
+            args.append(query.owner_id)
+        if query.project_id is not None:
+            where.append("project_id = ?")
+            args.append(query.project_id)
         if query.states is not None:
             where.append(f"state IN ({','.join('?' * len(query.states))})")
             args.extend(s.value for s in sorted(query.states))
@@ -166,20 +209,111 @@ class Store:
     # -- api keys --------------------------------------------------------------
 
     def put_api_key(self, key: ApiKeyRecord) -> None:
+        values = {f.name: getattr(key, f.name) for f in dataclasses.fields(ApiKeyRecord)}
         self._db.execute(
-            "INSERT OR REPLACE INTO api_keys (id, name, secret_hash, prefix, created_at, revoked_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (key.id, key.name, key.secret_hash, key.prefix, key.created_at, key.revoked_at),
+            f"INSERT OR REPLACE INTO api_keys ({','.join(values)}) VALUES ({','.join('?' * len(values))})",
+            list(values.values()),
         )
 
     def api_key_by_hash(self, secret_hash: bytes) -> ApiKeyRecord | None:
         row = self._db.execute("SELECT * FROM api_keys WHERE secret_hash = ?", (secret_hash,)).fetchone()
-        if row is None:
-            return None
-        return ApiKeyRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118
+        return None if row is None else _api_key_from_row(row)
+
+    def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = self._db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return None if row is None else _api_key_from_row(row)
+
+    def api_keys_of(self, user_id: str) -> list[ApiKeyRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM api_keys WHERE user_id = ? AND revoked_at IS NULL ORDER BY created_at, id", (user_id,)
+        ).fetchall()
+        return [_api_key_from_row(r) for r in rows]
+
+    def delete_api_key(self, key_id: str) -> None:
+        self._db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
 
     def count_api_keys(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
+
+    # -- projects --------------------------------------------------------------
+
+    def put_project(self, project: ProjectRecord) -> None:
+        values = {f.name: getattr(project, f.name) for f in dataclasses.fields(ProjectRecord)}
+        values["is_default"] = int(project.is_default)
+        values["sandboxes_connect"] = int(project.sandboxes_connect)
+        self.sandboxes_version += 1  # the firewall's peers follow projects too
+        self._db.execute(
+            f"INSERT OR REPLACE INTO projects ({','.join(values)}) VALUES ({','.join('?' * len(values))})",
+            list(values.values()),
+        )
+
+    def get_project(self, project_id: str) -> ProjectRecord | None:
+        row = self._db.execute("SELECT * FROM projects WHERE id = ?", (project_id,)).fetchone()
+        return None if row is None else _project_from_row(row)
+
+    def project_by_name(self, owner_id: str, name: str) -> ProjectRecord | None:
+        row = self._db.execute("SELECT * FROM projects WHERE owner_id = ? AND name = ?", (owner_id, name)).fetchone()
+        return None if row is None else _project_from_row(row)
+
+    def default_project(self, owner_id: str) -> ProjectRecord | None:
+        row = self._db.execute("SELECT * FROM projects WHERE owner_id = ? AND is_default = 1", (owner_id,)).fetchone()
+        return None if row is None else _project_from_row(row)
+
+    def projects_of(self, owner_id: str) -> list[ProjectRecord]:
+        rows = self._db.execute("SELECT * FROM projects WHERE owner_id = ? ORDER BY created_at, id", (owner_id,))
+        return [_project_from_row(r) for r in rows.fetchall()]
+
+    def connecting_projects(self) -> set[str]:
+        """Ids of the projects whose sandboxes may connect to each other directly."""
+        rows = self._db.execute("SELECT id FROM projects WHERE sandboxes_connect = 1").fetchall()
+        return {str(r[0]) for r in rows}
+
+    def delete_project(self, project_id: str) -> None:
+        self.sandboxes_version += 1
+        self._db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
+
+    def count_sandboxes_in(self, project_id: str, states: Iterable[State]) -> int:
+        wanted = [s.value for s in states]
+        row = self._db.execute(
+            f"SELECT COUNT(*) FROM sandboxes WHERE project_id = ? AND state IN ({','.join('?' * len(wanted))})",
+            [project_id, *wanted],
+        ).fetchone()
+        return int(row[0])
+
+    # -- users -----------------------------------------------------------------
+
+    def put_user(self, user: UserRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO users (id, name, role, created_at, disabled_at) VALUES (?, ?, ?, ?, ?)",
+            (user.id, user.name, user.role, user.created_at, user.disabled_at),
+        )
+
+    def get_user(self, user_id: str) -> UserRecord | None:
+        row = self._db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+        return None if row is None else UserRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118
+
+    def user_by_name(self, name: str) -> UserRecord | None:
+        row = self._db.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+        return None if row is None else UserRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118
+
+    def list_users(self) -> list[UserRecord]:
+        rows = self._db.execute("SELECT * FROM users ORDER BY created_at, id").fetchall()
+        return [UserRecord(**{k: r[k] for k in r.keys()}) for r in rows]  # noqa: SIM118
+
+    def delete_user(self, user_id: str) -> None:
+        """The user and every key of theirs, in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
+            self._db.execute("DELETE FROM users WHERE id = ?", (user_id,))
+
+    def count_sandboxes_of(self, user_id: str, states: Iterable[State]) -> int:
+        wanted = [s.value for s in states]
+        row = self._db.execute(
+            f"SELECT COUNT(*) FROM sandboxes WHERE owner_id = ? AND state IN ({','.join('?' * len(wanted))})",
+            [user_id, *wanted],
+        ).fetchone()
+        return int(row[0])
 
 
 # Columns added after the first release: (name, definition). A data dir made by an
@@ -190,14 +324,26 @@ _ADDED_COLUMNS = (
     ("runtime", "TEXT NOT NULL DEFAULT 'runc'"),
     # Sandboxes from before egress lists had none.
     ("egress", "TEXT NOT NULL DEFAULT '{}'"),
+    # Sandboxes from before users were the admin's (the only key there was).
+    ("owner_id", "TEXT NOT NULL DEFAULT 'usr-admin'"),
+    # Sandboxes from before projects are in none until moved ('' reads as the default).
+    ("project_id", "TEXT NOT NULL DEFAULT ''"),
+)
+_ADDED_KEY_COLUMNS = (
+    ("user_id", "TEXT NOT NULL DEFAULT 'usr-admin'"),
+    ("expires_at", "REAL"),
+    ("disabled_at", "REAL"),
 )
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    have = {row[1] for row in db.execute("PRAGMA table_info(sandboxes)")}
-    for name, definition in _ADDED_COLUMNS:
-        if name not in have:
-            db.execute(f"ALTER TABLE sandboxes ADD COLUMN {name} {definition}")
+    for table, added in (("sandboxes", _ADDED_COLUMNS), ("api_keys", _ADDED_KEY_COLUMNS)):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, definition in added:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+    # After the columns: an old database gets owner_id only above.
+    db.execute("CREATE INDEX IF NOT EXISTS sandboxes_owner ON sandboxes (owner_id)")
 
 
 def _to_sql(column: str, value: Any) -> Any:
@@ -208,6 +354,17 @@ def _to_sql(column: str, value: Any) -> Any:
     if column == "state":
         return State(value).value
     return value
+
+
+def _project_from_row(row: sqlite3.Row) -> ProjectRecord:
+    fields = {k: row[k] for k in row.keys()}  # noqa: SIM118
+    return ProjectRecord(
+        **{**fields, "is_default": bool(fields["is_default"]), "sandboxes_connect": bool(fields["sandboxes_connect"])}
+    )
+
+
+def _api_key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
+    return ApiKeyRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118
 
 
 def _sandbox_from_row(row: sqlite3.Row) -> SandboxRecord:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from quart import Response, g, request
@@ -16,17 +16,28 @@ from werkzeug.exceptions import HTTPException
 from appliance import log
 from controlplane import apikeys
 from controlplane.agentclient import AgentError
-from controlplane.api import exec_routes, extras, schemas, terminal, wake
+from controlplane.api import accounts, exec_routes, extras, hooks, projects, schemas, terminal, usage, wake
+from controlplane.api import openapi as openapi_routes
+from controlplane.api import templates as template_routes
 from controlplane.api.envelope import failure, success
-from controlplane.api.wire import json_response, read_json_body
-from controlplane.errors import ApiError
+from controlplane.api.identity import current_user_id
+from controlplane.api.wire import drain_body, json_response, read_json_body
+from controlplane.errors import ApiError, NotFound
+from controlplane.hooks.notifications import Notifications
+from controlplane.hooks.webhooks import Webhooks
 from controlplane.lifecycle.service import SandboxService
+from controlplane.projects import Projects
 from controlplane.records import SandboxRecord
 from controlplane.store import SandboxQuery, Store
+from controlplane.templateservice import TemplateService
 from controlplane.tokens import mint_access_token
+from controlplane.usage.meter import Meter
+from controlplane.usage.prices import PriceTable
+from controlplane.users import Accounts
 
 MAX_BODY = 1 << 20
-PUBLIC_PATHS = frozenset({"/health", "/v1/scalebox-regions"})
+# The OpenAPI document describes the API and grants nothing: anyone may read it.
+PUBLIC_PATHS = frozenset({"/health", "/v1/scalebox-regions", *openapi_routes.PATHS})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +47,8 @@ class ApiSettings:
     secret: bytes
     limits: schemas.HostLimits
     region: str = "local"
+    # What usage costs (controlplane/usage/prices.py); all free unless `--prices` names a file.
+    prices: PriceTable | None = None
 
 
 # File uploads through the API: Quart buffers a request body as it arrives, so
@@ -43,18 +56,43 @@ class ApiSettings:
 # streams end to end.
 MAX_UPLOAD = 256 << 20
 _FILES_PATH = re.compile(r"/v1/sandboxes/[^/]+/files")
+# An image archive uploaded as a template (api/templates.py), buffered like a file upload.
+_IMPORT_PATH = "/v1/templates/import"
 
 
 class ApiRequest(TrioRequest):
     """Every body is capped at MAX_BODY, except a file upload's, known from the path before any byte is read."""
 
     def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
-        if method == "PUT" and _FILES_PATH.fullmatch(path):
+        if (method == "PUT" and _FILES_PATH.fullmatch(path)) or (method == "POST" and path == _IMPORT_PATH):
             kwargs["max_content_length"] = MAX_UPLOAD
         super().__init__(method, scheme, path, *args, **kwargs)
 
 
-def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) -> QuartTrio:
+def create_app(
+    *,
+    service: SandboxService,
+    store: Store,
+    settings: ApiSettings,
+    webhooks: Webhooks | None = None,
+    notifications: Notifications | None = None,
+    meter: Meter | None = None,
+) -> QuartTrio:
+    """The API. `webhooks` and `notifications` are made here unless given (the appliance
+    gives its own, to run their Deliverer); both listen to the service's events."""
+    webhooks = webhooks or Webhooks(store.hooks)
+    notifications = notifications or Notifications(store.hooks)
+    service.events.subscribe(webhooks.on_event)
+    service.events.subscribe(notifications.on_event)
+    # The appliance gives the meter it runs; made here it records sessions and takes traffic only.
+    meter = meter or Meter(service=service, usage=store.usage)
+    users = Accounts(store)
+    users.ensure_admin()
+    projects_service = Projects(store)
+
+    def _project_filter(ref: str | None) -> str | None:
+        return None if not ref else projects_service.get(current_user_id(), ref).id
+
     app = QuartTrio("scalebox-controlplane")
     app.request_class = ApiRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -74,12 +112,26 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
     async def authenticate() -> None:
         g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
         g.started = time.monotonic()
-        if request.path in PUBLIC_PATHS or wake.takes_access_token(request.method, request.path):
+        if (
+            request.path in PUBLIC_PATHS
+            or wake.takes_access_token(request.method, request.path)
+            or usage.signs_itself(request.method, request.path)
+        ):
             return
         g.api_key = apikeys.authenticate(store, request.headers.get("X-API-KEY"))
+        g.user_id = g.api_key.user_id
+        # Every route naming a sandbox, in one place: another user's is as if it did not
+        # exist (404, never 403, so ids cannot be probed).
+        sandbox_id = (request.view_args or {}).get("sandbox_id")
+        if sandbox_id is not None:
+            rec = store.get_sandbox(sandbox_id)
+            if rec is None or rec.owner_id != g.user_id:
+                raise NotFound(f"sandbox {sandbox_id[:64]} does not exist", code="sandbox_not_found")
 
     @app.after_request
     async def log_request(response: Response) -> Response:
+        # An early answer must not leave the body unread: see wire.drain_body.
+        await drain_body()
         response.headers["X-Request-Id"] = g.get("request_id", "")
         log.event(
             "api.request",
@@ -131,6 +183,8 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
     @app.post("/v1/sandboxes")
     async def create_sandbox() -> Response:
         req = schemas.parse_create(await read_json_body(), settings.limits)
+        owner = current_user_id()
+        req = replace(req, owner_id=owner, project_id=projects_service.resolve(owner, req.project_id).id)
         rec = await service.create(req)
         return json_response(
             success(render(rec), "sandbox created" if not req.is_async else "sandbox creation started"), 201
@@ -143,6 +197,8 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
         query = SandboxQuery(
             states=schemas.parse_states(args.get("status")),
             metadata=schemas.parse_metadata_filter(args.get("metadata")),
+            owner_id=current_user_id(),
+            project_id=_project_filter(args.get("project_id")),
             limit=page.limit,
             offset=page.offset,
         )
@@ -221,10 +277,18 @@ def create_app(*, service: SandboxService, store: Store, settings: ApiSettings) 
             )
         return json_response(success({"sandbox_id": rec.id, "metrics": items}))
 
+    accounts.register(app, accounts=users)
+    hooks.register(app, webhooks=webhooks, notifications=notifications)
+    projects.register(app, projects=projects_service, service=service, render=render)
     exec_routes.register(app, service=service, secret=settings.secret)
     wake.register(app, service=service, secret=settings.secret)
     terminal.register(app, service=service, store=store, secret=settings.secret)
     extras.register(
         app, service=service, domain=settings.domain, public_port=settings.public_port, secret=settings.secret
     )
+    template_routes.register(
+        app, templates=TemplateService(store=store, sandboxes=service), store=store, limits=settings.limits
+    )
+    usage.register(app, store=store, meter=meter, prices=settings.prices or PriceTable(), secret=settings.secret)
+    openapi_routes.register(app, url=openapi_routes.api_url(settings.domain, settings.public_port))
     return app

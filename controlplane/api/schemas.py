@@ -144,7 +144,19 @@ def parse_create(body: Any, limits: HostLimits) -> CreateRequest:
         custom_ports=parse_ports(body.get("custom_ports")),
         runtime=_runtime(body),
         egress=_egress(body),
+        project_id=_project_ref(body),
+        unset=frozenset(k for k in ("cpu_count", "memory_mb") if body.get(k) is None),
     )
+
+
+def _project_ref(body: dict[str, Any]) -> str:
+    """`project_id`: a project of the caller's by id or name ("" or null: their default)."""
+    value = body.get("project_id")
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 128:
+        raise BadRequest("project_id must be a project's id or name", code="invalid_field")
+    return value
 
 
 def _egress(body: dict[str, Any]) -> dict[str, list[str]]:
@@ -272,21 +284,30 @@ def parse_metadata_filter(raw: str | None) -> dict[str, str] | None:
     return {unquote(k): unquote(v) for k, v in pairs}
 
 
+# Times a query may name: answers render them back as dates (iso()), which stop at the year
+# 9999; a year's margin leaves room for rounding to hours and months.
+_LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
+
+
 def parse_time(raw: str | None, what: str) -> float | None:
-    """Epoch milliseconds or ISO 8601, to epoch seconds."""
+    """Epoch milliseconds or ISO 8601, to epoch seconds, from 1970 to the year 9999."""
     if raw is None or raw == "":
         return None
     if raw.isascii() and raw.isdigit():
         if len(raw) > 15:
             raise BadRequest(f"{what} is too far in the future", code="invalid_query")
-        return int(raw) / 1000
-    try:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{what} must be epoch milliseconds or an ISO 8601 time", code="invalid_query") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        seconds = int(raw) / 1000
+    else:
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(f"{what} must be epoch milliseconds or an ISO 8601 time", code="invalid_query") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        seconds = parsed.timestamp()
+    if not 0 <= seconds < _LATEST_TIME:
+        raise BadRequest(f"{what} must be a time from 1970 to the year 9999", code="invalid_query")
+    return seconds
 
 
 def iso(ts: float | None) -> str | None:
@@ -326,6 +347,8 @@ def sandbox_json(rec: SandboxRecord, exposure: Exposure, now: float) -> dict[str
         "runtime": rec.runtime,
         "allow_internet_access": rec.allow_internet_access,
         "network": network_json(rec),
+        "project_id": rec.project_id or None,
+        "owner_id": rec.owner_id,
         "auto_pause": rec.auto_pause,
         "metadata": rec.metadata,
         "env_vars": rec.env_vars,

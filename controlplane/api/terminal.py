@@ -30,7 +30,7 @@ from quart_trio import QuartTrio
 from appliance import log
 from controlplane import apikeys
 from controlplane.agentclient import PROCESS, AgentEndpoint, AgentError, kill_process, server_stream, unary
-from controlplane.errors import ApiError
+from controlplane.errors import ApiError, NotFound
 from controlplane.lifecycle.service import SandboxService
 from controlplane.lifecycle.states import State
 from controlplane.store import Store
@@ -42,7 +42,8 @@ _USER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 def _size(raw: str | None, default: int) -> int:
     if raw is None or not raw.isascii() or not raw.isdigit():
         return default
-    return max(1, min(int(raw), 1000))
+    # Past six digits it is over the cap anyway, and int() of thousands of digits raises.
+    return max(1, min(int(raw), 1000)) if len(raw) <= 6 else 1000
 
 
 def register(app: QuartTrio, *, service: SandboxService, store: Store, secret: bytes) -> None:
@@ -51,8 +52,11 @@ def register(app: QuartTrio, *, service: SandboxService, store: Store, secret: b
         g.request_id = websocket.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
         started = time.monotonic()
         try:
-            apikeys.authenticate(store, websocket.headers.get("X-API-KEY") or websocket.args.get("api_key"))
+            key = apikeys.authenticate(store, websocket.headers.get("X-API-KEY") or websocket.args.get("api_key"))
             rec = service.get(sandbox_id)
+            if rec.owner_id != key.user_id:
+                # Another user's sandbox is as if it did not exist (see app.authenticate).
+                raise NotFound(f"sandbox {sandbox_id[:64]} does not exist", code="sandbox_not_found")
         except ApiError as exc:
             # Refuse the handshake with the status the error carries.
             await websocket.close(1008, exc.message[:120])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from appliance import log
 from controlplane.apikeys import random_id
 from controlplane.egress import EgressLists
 from controlplane.errors import ApiError, Conflict, NotFound, Unavailable
+from controlplane.events import EventBus, new_event, transition_event
 from controlplane.lifecycle import states
 from controlplane.lifecycle.pool import Warm, WarmPool
 from controlplane.lifecycle.probe import wait_until_healthy
@@ -43,14 +44,19 @@ from controlplane.runtime.base import (
     RuntimeFailure,
 )
 from controlplane.store import SandboxQuery, Store
-from controlplane.templates import Template, resolve
+from controlplane.templates import Template, for_create, resolve
 from controlplane.tokens import mint_access_token
 
+# How long before its timeout a running sandbox's owner is warned (an event, so a
+# notification and webhooks), once per deadline.
+TIMEOUT_WARNING = 60.0
 LABEL_MANAGED = "io.scalebox.managed"
 LABEL_INSTANCE = "io.scalebox.instance"
 LABEL_SANDBOX = "io.scalebox.sandbox-id"
 # Any id will do: two specs are compared for a pool match once built for the same one.
 _MATCH_ID = "sbx-pool-match"
+# Between two runs of a template's ready command (an exec costs about 0.1 s).
+_READY_CMD_INTERVAL = 0.25
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,8 +95,13 @@ class SandboxService:
         config: LifecycleConfig,
         clock: Callable[[], float] = time.time,
         network_policy: NetworkPolicy | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.store = store
+        # Sandbox events (controlplane/events.py): webhooks, notifications, metering listen.
+        self.events = events or EventBus()
+        # Sandbox id -> the timeout_at it was last warned about (sandbox.timeout_warning).
+        self._warned: dict[str, float] = {}
         self.runtime = runtime
         self.config = config
         self.clock = clock
@@ -126,7 +137,21 @@ class SandboxService:
         self.store.put_sandbox(new)
         if new.state is not rec.state:
             log.event("sandbox.state", sandbox_id=rec.id, old=rec.state.value, new=new.state.value, reason=new.reason)
+            kind = transition_event(rec.state, new.state)
+            if kind is not None:
+                self._publish(kind, new)
         return new
+
+    def _publish(self, kind: str, rec: SandboxRecord, **data: object) -> None:
+        self.events.publish(
+            new_event(
+                kind,
+                owner_id=rec.owner_id,
+                subject_id=rec.id,
+                data={"state": rec.state.value, "reason": rec.reason, "template_id": rec.template_id, **data},
+                now=self.clock(),
+            )
+        )
 
     def labels(self, sandbox_id: str | None = None) -> dict[str, str]:
         labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: self.config.instance_id}
@@ -146,7 +171,8 @@ class SandboxService:
     # -- create ------------------------------------------------------------------
 
     async def create(self, req: CreateRequest) -> SandboxRecord:
-        template = resolve(req.template)
+        template = resolve(req.template, req.owner_id, self.store.templates)
+        req = for_create(template, req)
         runtime = _runtime(template, req)
         if runtime not in self.config.runtimes:
             raise Unavailable(
@@ -165,13 +191,14 @@ class SandboxService:
             )
         rec = self._record(random_id("sbx-", 20), template, req, self.clock())
         self.store.put_sandbox(rec)
+        self._publish("sandbox.created", rec)
         log.event("sandbox.create", sandbox_id=rec.id, template=template.id, is_async=req.is_async)
         spec = self._spec(rec.id, template, req)
         if req.is_async:
             assert self._nursery is not None, "background tasks need run() to be running"
-            self._nursery.start_soon(self._boot_async, rec, spec)
+            self._nursery.start_soon(self._boot_async, rec, spec, template.ready_cmd)
             return rec
-        return await self._boot(rec, spec, keep_row_on_failure=False)
+        return await self._boot(rec, spec, keep_row_on_failure=False, ready_cmd=template.ready_cmd)
 
     def _record(self, sandbox_id: str, template: Template, req: CreateRequest, now: float) -> SandboxRecord:
         return SandboxRecord(
@@ -185,6 +212,8 @@ class SandboxService:
             auto_pause=req.auto_pause,
             allow_internet_access=req.allow_internet_access,
             egress=dict(req.egress),
+            owner_id=req.owner_id,
+            project_id=req.project_id,
             runtime=_runtime(template, req),
             secure=req.secure,
             is_async=req.is_async,
@@ -235,7 +264,8 @@ class SandboxService:
         # The final id now: it is in the container's name, hostname, labels and
         # the agent's token, none of which can change once the container exists.
         sandbox_id = random_id("sbx-", 20)
-        return sandbox_id, self._spec(sandbox_id, resolve(template_id), self._pooled_request(template_id))
+        template = resolve(template_id, None, self.store.templates)
+        return sandbox_id, self._spec(sandbox_id, template, for_create(template, self._pooled_request(template_id)))
 
     def _pool_can_serve(self, template: Template, req: CreateRequest) -> bool:
         """Whether a pooled container is exactly the one a fresh create of `req` would make.
@@ -244,9 +274,10 @@ class SandboxService:
         memory_mb among it), so comparing specs built for one id leaves no field
         a fresh container would honour and a pooled one not.
         """
-        if not self.pool.serves(template.id):
+        # The pool waits for the agent only, not for a template's ready command.
+        if not self.pool.serves(template.id) or template.ready_cmd:
             return False
-        pooled = self._pooled_request(template.id)
+        pooled = for_create(template, self._pooled_request(template.id))
         return self._spec(_MATCH_ID, template, req) == self._spec(_MATCH_ID, template, pooled)
 
     async def _adopt(self, warm: Warm, template: Template, req: CreateRequest) -> SandboxRecord:
@@ -276,14 +307,18 @@ class SandboxService:
                 raise Unavailable(f"sandbox could not be started: {exc}", code="start_failed") from exc
             raise
         log.event("sandbox.create", sandbox_id=rec.id, template=template.id, is_async=req.is_async, warm=True)
+        self._publish("sandbox.created", rec)
+        self._publish("sandbox.started", rec, warm=True)
         return rec
 
-    async def _boot_async(self, rec: SandboxRecord, spec: ContainerSpec) -> None:
+    async def _boot_async(self, rec: SandboxRecord, spec: ContainerSpec, ready_cmd: str | None) -> None:
         # A failure is already recorded on the row and logged.
         with contextlib.suppress(ApiError):
-            await self._boot(rec, spec, keep_row_on_failure=True)
+            await self._boot(rec, spec, keep_row_on_failure=True, ready_cmd=ready_cmd)
 
-    async def _boot(self, rec: SandboxRecord, spec: ContainerSpec, *, keep_row_on_failure: bool) -> SandboxRecord:
+    async def _boot(
+        self, rec: SandboxRecord, spec: ContainerSpec, *, keep_row_on_failure: bool, ready_cmd: str | None = None
+    ) -> SandboxRecord:
         async with self._lock(rec.id):
             try:
                 container_id = await self.runtime.create(spec)
@@ -300,6 +335,8 @@ class SandboxService:
                     raise RuntimeFailure(
                         f"the sandbox agent did not answer /health within {self.config.ready_timeout:.0f} s"
                     )
+                if ready_cmd:
+                    await self._wait_ready_cmd(container_id, ready_cmd, deadline)
                 now = self.clock()
                 return self._save(rec, state=State.RUNNING, started_at=now, timeout_at=now + rec.timeout)
             except BaseException as exc:
@@ -313,10 +350,26 @@ class SandboxService:
                         self._save(rec, state=State.FAILED, reason=reason, ended_at=self.clock(), ip=None)
                     else:
                         self.store.delete_sandbox(rec.id)
+                        # No row keeps the failure: the event still tells it.
+                        self._publish("sandbox.failed", replace(rec, state=State.FAILED, reason=reason))
                     await self._network_changed_quietly(rec.id)
                 if isinstance(exc, RuntimeFailure):
                     raise Unavailable(f"sandbox could not be started: {reason}", code="start_failed") from exc
                 raise
+
+    async def _wait_ready_cmd(self, container_id: str, command: str, deadline: float) -> None:
+        """Run the template's readiness check inside until it exits 0; RuntimeFailure at the deadline."""
+        while True:
+            code, output = await self.runtime.exec(container_id, ["/bin/sh", "-c", command])
+            if code == 0:
+                return
+            if trio.current_time() >= deadline:
+                tail = output.decode("utf-8", "replace").strip()[-300:]
+                raise RuntimeFailure(
+                    f"the template's ready command {command[:200]!r} did not succeed within "
+                    f"{self.config.ready_timeout:.0f} s (last exit status {code}{': ' + tail if tail else ''})"
+                )
+            await trio.sleep(_READY_CMD_INTERVAL)
 
     async def _remove_quietly(self, sandbox_id: str, container_id: str | None) -> None:
         """Remove the container by id, and any other carrying this sandbox's label."""
@@ -481,6 +534,20 @@ class SandboxService:
             await self.network_policy.sandboxes_changed()
             return rec
 
+    async def move(self, sandbox_id: str, project_id: str) -> SandboxRecord:
+        """Put a sandbox in another project (of its owner: the API checks). The firewall's
+        peers follow before this returns."""
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            if rec.state in (State.TERMINATING, State.TERMINATED, State.FAILED):
+                raise Conflict(f"sandbox {rec.id} is {rec.state.value}", code="invalid_state")
+            if rec.project_id == project_id:
+                return rec
+            rec = self._save(rec, project_id=project_id)
+            log.event("sandbox.moved", sandbox_id=rec.id, project_id=project_id)
+            await self.network_policy.sandboxes_changed()
+            return rec
+
     async def add_port(self, sandbox_id: str, port: PortRequest) -> SandboxRecord:
         async with self._lock(sandbox_id):
             rec = self.get(sandbox_id)
@@ -543,6 +610,31 @@ class SandboxService:
         except RuntimeFailure as exc:
             raise Unavailable(f"logs of sandbox {rec.id} are unavailable: {exc}", code="logs_failed") from exc
 
+    async def commit(self, sandbox_id: str, *, tag: str, labels: dict[str, str]) -> str:
+        """Commit a running or paused sandbox's files to the image `tag`; return its id.
+
+        Under the sandbox's lock, so it is not paused, resumed or deleted meanwhile. The
+        image keeps the files, not the sandbox's own settings: its environment variables
+        (its access token and env_vars among them) are emptied and its labels replaced,
+        since a committed image's Env and Labels would otherwise reach every sandbox
+        started from it.
+        """
+        async with self._lock(sandbox_id):
+            rec = self.get(sandbox_id)
+            if rec.state not in (State.RUNNING, State.PAUSED) or rec.container_id is None:
+                raise Conflict(
+                    f"sandbox {rec.id} is {rec.state.value}; only a running or paused sandbox can be committed",
+                    code="invalid_state",
+                )
+            cleared = sorted({*rec.env_vars, "SCALEBOX_START_CMD", "SCALEBOX_ACCESS_TOKEN"})
+            changes = [f"ENV {name}=" for name in cleared] + [f"LABEL {LABEL_SANDBOX}="]
+            try:
+                return await self.runtime.commit(
+                    rec.container_id, tag, labels=labels, changes=changes, pause=rec.state is State.RUNNING
+                )
+            except RuntimeFailure as exc:
+                raise Unavailable(f"committing sandbox {rec.id} failed: {exc}", code="commit_failed") from exc
+
     async def stats(self, sandbox_id: str) -> tuple[SandboxRecord, ContainerStats | None]:
         rec = self.get(sandbox_id)
         if rec.state not in (State.RUNNING, State.PAUSED) or rec.container_id is None:
@@ -554,9 +646,24 @@ class SandboxService:
 
     # -- background work -----------------------------------------------------------
 
+    def _warn_near_timeout(self, running: Sequence[SandboxRecord], now: float) -> None:
+        """sandbox.timeout_warning once per deadline: a timeout moved later warns again."""
+        near = {
+            rec.id: (rec, rec.timeout_at)
+            for rec in running
+            if rec.timeout_at is not None and 0 < rec.timeout_at - now <= TIMEOUT_WARNING
+        }
+        for rec, deadline in near.values():
+            if self._warned.get(rec.id) != deadline:
+                what = "paused" if rec.auto_pause else "terminated"
+                self._publish("sandbox.timeout_warning", rec, seconds_left=round(deadline - now), then=what)
+        self._warned = {sid: deadline for sid, (_, deadline) in near.items()}
+
     async def reap_once(self) -> None:
         now = self.clock()
-        for rec in self.store.sandboxes_in([State.RUNNING]):
+        running = self.store.sandboxes_in([State.RUNNING])
+        self._warn_near_timeout(running, now)
+        for rec in running:
             if rec.timeout_at is None or rec.timeout_at > now:
                 continue
             async with self._lock(rec.id):
@@ -585,6 +692,11 @@ class SandboxService:
             while True:
                 await trio.sleep(self.config.reap_interval)
                 await self.reap_once()
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Run `fn(*args)` in the background until it ends or the appliance stops (template builds)."""
+        assert self._nursery is not None, "background tasks need run() to be running"
+        self._nursery.start_soon(fn, *args)
 
     async def reconcile(self) -> None:
         """Make Podman agree with the database after a start (see ARCHITECTURE.md)."""

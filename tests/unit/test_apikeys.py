@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.apikeys import authenticate, ensure_admin_key, hash_secret, new_api_key, random_id
+from controlplane.apikeys import authenticate, ensure_admin_key, ensure_admin_user, hash_secret, new_api_key, random_id
 from controlplane.errors import Unauthorized
 from controlplane.store import Store
 
@@ -55,6 +55,11 @@ def test_authenticate_missing(store: Store, presented: str | None) -> None:
 def test_authenticate_valid_and_wrong(store: Store) -> None:
     record, secret = new_api_key("ci", 1.0)
     store.put_api_key(record)
+    # A key acts for a user: none there, no way in.
+    with pytest.raises(Unauthorized) as missing:
+        authenticate(store, secret)
+    assert missing.value.code == "user_disabled"
+    ensure_admin_user(store)
     assert authenticate(store, secret) == record
     # Surrounding whitespace from a copy-paste is forgiven.
     assert authenticate(store, f" {secret}\n") == record

@@ -1,0 +1,1 @@
+"""Telling users what happened: webhooks (signed HTTP deliveries, retried) and notifications."""
