@@ -1,7 +1,5 @@
-"""Sandbox ports, container logs and the template catalogue.
+"""Sandbox ports, container logs and egress policy. (Templates: api/templates.py.)
 
-    GET    /v1/templates                       the templates this appliance can start
-    GET    /v1/templates/{id}
     GET    /v1/sandboxes/{id}/ports            declared ports, each with where to reach it
     POST   /v1/sandboxes/{id}/ports            declare one: {port, name, protocol, access, host_port}
     DELETE /v1/sandboxes/{id}/ports/{port}     (its tokens go too)
@@ -25,28 +23,17 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from controlplane.api.envelope import success
-from controlplane.api.schemas import iso, network_json, pagination_json, parse_network_update, parse_page
+from controlplane.api.schemas import iso, network_json, parse_network_update
 from controlplane.api.wire import json_response, read_json_body
 from controlplane.errors import BadRequest, NotFound
 from controlplane.lifecycle.service import SandboxService
 from controlplane.ports import parse_port, port_json
 from controlplane.porttokens import live, parse_token_request
 from controlplane.records import SandboxRecord
-from controlplane.templates import BUILTIN, Template, resolve
+from controlplane.templates import find
 from controlplane.tokens import mint_port_token
 
 MAX_TAIL = 10_000
-
-
-def _template_json(t: Template) -> dict[str, Any]:
-    return {
-        "template_id": t.id,
-        "name": t.id,
-        "image": t.image,
-        "start_cmd": t.start_cmd,
-        "user": t.user,
-        "runtime": t.runtime,
-    }
 
 
 def _port_number(sandbox_id: str, text: str) -> int:
@@ -73,26 +60,16 @@ def register(app: QuartTrio, *, service: SandboxService, domain: str, public_por
     def ports_json(rec: SandboxRecord) -> list[dict[str, Any]]:
         return [port_json(p, sandbox_id=rec.id, domain=domain, port_suffix=suffix) for p in rec.custom_ports]
 
-    @app.get("/v1/templates")
-    async def list_templates() -> Response:
-        page = parse_page(request.args.to_dict())
-        everything = [_template_json(t) for t in sorted(BUILTIN.values(), key=lambda t: t.id)]
-        data = {
-            "templates": everything[page.offset : page.offset + page.limit],
-            "pagination": pagination_json(page, len(everything)),
-        }
-        return json_response(success(data))
-
-    @app.get("/v1/templates/<template_id>")
-    async def get_template(template_id: str) -> Response:
-        return json_response(success(_template_json(resolve(template_id))))
-
     @app.get("/v1/sandboxes/<sandbox_id>/ports")
     async def list_ports(sandbox_id: str) -> Response:
         rec = service.get(sandbox_id)
         ports = ports_json(rec)
+        # Declared by its template at create (templates.for_create); none once the template is gone.
+        template = find(rec.template_id, rec.owner_id, service.store.templates)
+        inherited = {p.port for p in template.ports} if template is not None else set()
+        template_ports = [p for p in ports if p["port"] in inherited]
         return json_response(
-            success({"sandbox_id": rec.id, "ports": ports, "custom_ports": ports, "template_ports": []})
+            success({"sandbox_id": rec.id, "ports": ports, "custom_ports": ports, "template_ports": template_ports})
         )
 
     @app.post("/v1/sandboxes/<sandbox_id>/ports")
@@ -153,7 +130,8 @@ def register(app: QuartTrio, *, service: SandboxService, domain: str, public_por
     @app.get("/v1/sandboxes/<sandbox_id>/logs")
     async def logs(sandbox_id: str) -> Response:
         raw_tail = request.args.get("tail", "200")
-        if not (raw_tail.isascii() and raw_tail.isdigit() and 0 < int(raw_tail[:6]) <= MAX_TAIL):
+        # The length first: int() of thousands of digits raises, and "000001999" is no small number.
+        if not (raw_tail.isascii() and raw_tail.isdigit() and len(raw_tail) <= 6 and 0 < int(raw_tail) <= MAX_TAIL):
             raise BadRequest(f"tail must be an integer from 1 to {MAX_TAIL}", code="invalid_query")
         text = (await service.logs(sandbox_id, int(raw_tail))).decode("utf-8", "replace")
         lines = text.splitlines()

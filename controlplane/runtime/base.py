@@ -14,6 +14,7 @@ Errors a driver raises::
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -106,8 +107,11 @@ class ContainerStats:
     cpu_used_pct: float
     mem_used: int
     mem_total: int
-    # Bytes in the container's writable layer (Podman's SizeRw): what the sandbox wrote.
+    # Bytes in the container's writable layer (Podman's SizeRw): what the sandbox wrote;
+    # 0 when not measured (stats(disk=False)).
     disk_used: int
+    # CPU time the container used since it started, a cumulative counter (the meter's, usage/).
+    cpu_seconds: float = 0.0
 
 
 class Runtime(Protocol):
@@ -133,7 +137,9 @@ class Runtime(Protocol):
         """All containers (any state) carrying every one of these labels."""
         ...
 
-    async def stats(self, container_id: str) -> ContainerStats: ...
+    async def stats(self, container_id: str, *, disk: bool = True) -> ContainerStats:
+        """disk=False skips measuring the writable layer, the slow part (the meter samples often)."""
+        ...
 
     async def image_exists(self, image: str) -> bool: ...
 
@@ -148,4 +154,33 @@ class Runtime(Protocol):
     async def ensure_network(self, name: str, *, interface: str, labels: dict[str, str]) -> NetworkInfo:
         """The bridge network `name`, created (with this host interface, a free IPv4 subnet
         and DNS) unless it exists; an existing one is returned as it is."""
+        ...
+
+    # -- images (user templates) ---------------------------------------------------------
+
+    async def build(
+        self, containerfile: str, tag: str, *, labels: dict[str, str], on_line: Callable[[str], None]
+    ) -> str:
+        """Build the image `tag` from a Containerfile alone (no other context) with no network
+        for its RUN steps; return its id. `on_line` is called, in the Trio thread, with each
+        line of output as it comes. RuntimeFailure carries the build's own error."""
+        ...
+
+    async def commit(
+        self, container_id: str, tag: str, *, labels: dict[str, str], changes: builtins.list[str], pause: bool
+    ) -> str:
+        """Commit the container's files to the image `tag` with these labels and Containerfile
+        instructions (`ENV K=v`, `LABEL k=v`); return its id. `pause`: freeze it meanwhile."""
+        ...
+
+    async def load(self, archive: Path, tag: str) -> str:
+        """Load a docker-archive or oci-archive holding one image and name it `tag`; return its id.
+        The names the archive carries are not kept, and an archive naming an existing image
+        is refused rather than allowed to take that name over."""
+        ...
+
+    async def tag(self, image: str, new: str) -> None: ...
+
+    async def remove_image(self, image: str) -> None:
+        """Remove the name `image` (the image too when it was its last name); a missing one is not an error."""
         ...

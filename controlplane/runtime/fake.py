@@ -14,6 +14,10 @@ It behaves as the real driver was seen to behave against Podman 4.3
     remove   any state, at once; a missing container is not an error
     ensure_network  the network by name, made on first call (10.99.0.0/24, the
              addresses `start` hands out); later calls return it unchanged
+    build    reports one line per instruction, then names the image `tag`; a FROM
+             naming an image it does not have -> RuntimeFailure
+    commit   a running or paused container -> the image `tag`
+    load     an existing file -> the image `tag`
 
 Containers are found by id, by name or by a unique id prefix, as Podman does;
 any other reference raises ContainerNotFound. Every call is a Trio checkpoint.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -47,7 +52,7 @@ BASE_IMAGE = "localhost/scalebox/base:latest"
 _MIB = 1024 * 1024
 _OPERATIONS = frozenset(
     {"create", "start", "inspect", "pause", "unpause", "remove", "list", "stats", "image_exists", "exec", "logs"}
-    | {"ensure_network"}
+    | {"ensure_network", "build", "commit", "load", "tag", "remove_image"}
 )
 
 
@@ -64,6 +69,8 @@ class FakeContainer:
     cpu_used_pct: float = 1.5
     mem_used: int = 24 * _MIB
     disk_used: int = 0
+    # Its cumulative CPU counter (a restarted container's starts again from 0).
+    cpu_seconds: float = 0.0
     exec_log: list[list[str]] = field(default_factory=list)
 
     def info(self) -> ContainerInfo:
@@ -98,6 +105,12 @@ class FakeRuntime:
         self.calls: list[tuple[str, str]] = []
         self._failures: dict[str, list[RuntimeFailure]] = {}
         self._created = 0
+        # Image name -> its labels (build, commit); tests read them.
+        self.image_labels: dict[str, dict[str, str]] = {}
+        # Every commit: (container id, tag, changes).
+        self.commits: list[tuple[str, str, list[str]]] = []
+        # When set, a build waits for it after its first line (to watch a build under way).
+        self.build_gate: trio.Event | None = None
 
     # -- test hooks ------------------------------------------------------------------
 
@@ -197,7 +210,7 @@ class FakeRuntime:
             return
         del self.containers[container.id]
 
-    async def stats(self, container_id: str) -> ContainerStats:
+    async def stats(self, container_id: str, *, disk: bool = True) -> ContainerStats:
         await self._enter("stats", container_id)
         container = self._find(container_id)
         if container.state not in ("running", "paused"):
@@ -206,7 +219,8 @@ class FakeRuntime:
             cpu_used_pct=container.cpu_used_pct,
             mem_used=container.mem_used,
             mem_total=container.spec.memory_mb * _MIB,
-            disk_used=container.disk_used,
+            disk_used=container.disk_used if disk else 0,
+            cpu_seconds=container.cpu_seconds,
         )
 
     async def image_exists(self, image: str) -> bool:
@@ -233,6 +247,58 @@ class FakeRuntime:
                 name=name, interface=interface, subnet="10.99.0.0/24", gateway="10.99.0.1"
             )
         return self.networks[name]
+
+    async def build(
+        self, containerfile: str, tag: str, *, labels: dict[str, str], on_line: Callable[[str], None]
+    ) -> str:
+        await self._enter("build", tag)
+        steps = [line.strip() for line in containerfile.splitlines() if line.strip() and not line.startswith("#")]
+        stages: set[str] = {"scratch"}
+        for number, step in enumerate(steps, 1):
+            on_line(f"STEP {number}/{len(steps)}: {step}")
+            if number == 1 and self.build_gate is not None:
+                await self.build_gate.wait()
+            if step.upper().startswith("FROM "):
+                words = step.split()
+                if words[1] not in self.images and words[1] not in stages:
+                    raise RuntimeFailure(f"{words[1]}: image not known")
+                if len(words) == 4:
+                    stages.add(words[3])
+        self.images.add(tag)
+        self.image_labels[tag] = dict(labels)
+        image_id = hashlib.sha256(f"fake-image-{tag}".encode()).hexdigest()
+        on_line(image_id)
+        return image_id
+
+    async def commit(
+        self, container_id: str, tag: str, *, labels: dict[str, str], changes: list[str], pause: bool
+    ) -> str:
+        await self._enter("commit", container_id)
+        container = self._find(container_id)
+        if container.state not in ("running", "paused"):
+            raise self._improper(container, "commit")
+        self.images.add(tag)
+        self.image_labels[tag] = dict(labels)
+        self.commits.append((container.id, tag, list(changes)))
+        return hashlib.sha256(f"fake-image-{tag}".encode()).hexdigest()
+
+    async def load(self, archive: Path, tag: str) -> str:
+        await self._enter("load", str(archive))
+        if not archive.is_file():
+            raise RuntimeFailure(f"open {archive}: no such file or directory")
+        self.images.add(tag)
+        return hashlib.sha256(f"fake-image-{tag}".encode()).hexdigest()
+
+    async def tag(self, image: str, new: str) -> None:
+        await self._enter("tag", image)
+        if image not in self.images:
+            raise ImageNotFound(f"{image}: image not known")
+        self.images.add(new)
+
+    async def remove_image(self, image: str) -> None:
+        await self._enter("remove_image", image)
+        self.images.discard(image)
+        self.image_labels.pop(image, None)
 
     # Last in the class: a method named `list` shadows the builtin in the
     # annotations of every method after it.

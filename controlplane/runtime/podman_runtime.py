@@ -17,13 +17,22 @@ through podman-py's own HTTP client (`client.api`) instead:
 - remove: podman-py cannot pass `timeout`, and without `timeout=0` a forced remove
   waits 10 s for a PID 1 that ignores SIGTERM;
 - exec: `exec_run` returns the multiplexed stream with its 8-byte frame headers
-  still in it, and addresses the container by name.
+  still in it, and addresses the container by name;
+- commit and load: podman-py cannot give them a longer timeout.
+
+Builds do not go through the service at all: Podman 4.3's build API (libpod and
+compat alike) runs RUN steps in the host's network namespace whatever `networkmode`
+says, where they could reach the appliance's own services on loopback. The
+`podman build` command honours `--network none`, so builds run that.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -37,7 +46,7 @@ from podman.client import PodmanClient
 from podman.errors import APIError, PodmanError
 from podman.errors import ImageNotFound as PodmanImageNotFound
 
-from controlplane.runtime import disklimit
+from controlplane.runtime import disklimit, imagearchive
 from controlplane.runtime.base import (
     AGENT_MOUNT,
     DEFAULT_STORAGE_GB,
@@ -61,6 +70,8 @@ _CPU_PERIOD_US = 100_000
 _MIB = 1024 * 1024
 # Podman's name for the gvisor runtime: podman/containers.conf's [engine.runtimes].
 GVISOR_OCI_RUNTIME = "runsc"
+# Builds, commits and loads take minutes, not seconds: how long one may go without a byte.
+_IMAGE_READ_TIMEOUT = 1800.0
 # Uids and gids 0..65535 inside each sandbox, every sandbox on a range of its own
 # (from the `containers` entries of /etc/subuid and /etc/subgid, see scripts/setup.sh).
 _USERNS_SIZE = 65536
@@ -101,9 +112,17 @@ class PodmanRuntime:
     """
 
     def __init__(
-        self, base_url: str, *, gvisor_url: str | None = None, max_concurrency: int = 8, timeout: float = 60.0
+        self,
+        base_url: str,
+        *,
+        gvisor_url: str | None = None,
+        max_concurrency: int = 8,
+        timeout: float = 60.0,
+        containers_conf: Path | None = None,
     ) -> None:
         self.base_url = base_url
+        # What `podman build` runs with (the service's own configuration).
+        self.containers_conf = containers_conf or Path(__file__).resolve().parents[2] / "podman" / "containers.conf"
         self.gvisor_url = gvisor_url
         self._timeout = timeout
         self._limiter = trio.CapacityLimiter(max_concurrency)
@@ -113,6 +132,8 @@ class PodmanRuntime:
             self._idle[gvisor_url] = []
         # Created here and not started yet: where their layer and run folder are.
         self._fresh: dict[str, _Folders] = {}
+        # One load at a time: its check of the names an archive claims holds until it is named.
+        self._load_lock = trio.Lock()
 
     def close(self) -> None:
         """Close the pooled HTTP connections. Calls still running keep their client."""
@@ -213,11 +234,13 @@ class PodmanRuntime:
         with suppress(ContainerNotFound):
             await self._call(remove)
 
-    async def stats(self, container_id: str) -> ContainerStats:
+    async def stats(self, container_id: str, *, disk: bool = True) -> ContainerStats:
         def stats(client: PodmanClient) -> tuple[Any, Any]:
             params = {"containers": container_id, "stream": False}
             usage = client.api.get("/containers/stats", params=params)
             usage.raise_for_status()
+            if not disk:
+                return usage.json(), {}
             # size=true makes Podman measure the writable layer (SizeRw). It measures the
             # whole root filesystem too, about 0.1 s of the call: fine for on-demand metrics.
             inspected = client.api.get(_container_path(container_id, "/json"), params={"size": True})
@@ -287,6 +310,136 @@ class PodmanRuntime:
 
         return network_info(await self._call(ensure))
 
+    async def build(
+        self, containerfile: str, tag: str, *, labels: dict[str, str], on_line: Callable[[str], None]
+    ) -> str:
+        with tempfile.TemporaryDirectory(prefix="scalebox-build-") as folder:
+            context = Path(folder, "context")
+            context.mkdir()
+            (context / "Containerfile").write_text(containerfile)
+            iidfile = Path(folder, "image-id")
+            command = build_command(tag=tag, labels=labels, context=context, iidfile=iidfile)
+            env = {**os.environ, "CONTAINERS_CONF": os.fspath(self.containers_conf)}
+            last = ""
+            process = await trio.lowlevel.open_process(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+            )
+            try:
+                assert process.stdout is not None
+                with trio.fail_after(_IMAGE_READ_TIMEOUT):
+                    pending = b""
+                    async for chunk in process.stdout:
+                        *lines, pending = (pending + chunk).split(b"\n")
+                        for line in lines:
+                            last = line.decode("utf-8", "replace").rstrip()
+                            on_line(last)
+                    if pending:
+                        last = pending.decode("utf-8", "replace").rstrip()
+                        on_line(last)
+                    code = await process.wait()
+            except trio.TooSlowError:
+                raise RuntimeFailure(f"the build took longer than {_IMAGE_READ_TIMEOUT:.0f} s") from None
+            finally:
+                with trio.CancelScope(shield=True):
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+            if code != 0:
+                raise RuntimeFailure(f"the build failed (podman build exit status {code}): {last[:500]}")
+            return iidfile.read_text().strip().removeprefix("sha256:")
+
+    async def commit(
+        self, container_id: str, tag: str, *, labels: dict[str, str], changes: list[str], pause: bool
+    ) -> str:
+        repo, tag_name = split_reference(tag)
+        every_change = [*changes, *(f"LABEL {k}={v}" for k, v in sorted(labels.items()))]
+
+        def commit(client: PodmanClient) -> tuple[str, IdMaps]:
+            inspected = client.api.get(_container_path(container_id, "/json"))
+            inspected.raise_for_status()
+            maps = id_maps((inspected.json().get("HostConfig") or {}).get("IDMappings") or {})
+            params = {
+                "container": container_id,
+                # With a user namespace the image is made again below; this one stays untagged.
+                **({} if maps.shifted else {"repo": repo, "tag": tag_name}),
+                "changes": every_change,
+                "pause": pause,
+                "format": "oci",
+            }
+            response = client.api.post("/commit", params=params, timeout=(self._timeout, _IMAGE_READ_TIMEOUT))
+            response.raise_for_status()
+            return str(response.json()["Id"]), maps
+
+        image_id, maps = await self._call(commit)
+        if not maps.shifted:
+            return image_id
+        # Podman 4.3 commits a user-namespaced container's files with their host owners
+        # (2147483647 and up), which no other sandbox's namespace maps: root's files would
+        # be unreadable in the template's sandboxes. One build step gives them back their
+        # owners inside (python3 is in every sandbox image: the agent runs on it).
+        try:
+            return await self.build(
+                unshift_containerfile(image_id, maps), tag, labels=labels, on_line=lambda _line: None
+            )
+        finally:
+            with suppress(RuntimeFailure, ContainerNotFound):
+                await self.remove_image(image_id)
+
+    async def load(self, archive: Path, tag: str) -> str:
+        claimed = await trio.to_thread.run_sync(imagearchive.inspect_archive, archive)
+
+        def load(client: PodmanClient) -> str:
+            kept: set[str] = set()
+            for name in claimed.names:
+                found = client.api.get(f"/images/{quote(name, safe='')}/json")
+                if found.status_code == 404:
+                    continue
+                found.raise_for_status()
+                if str(found.json().get("Id")) != claimed.image_id:
+                    raise RuntimeFailure(
+                        f"the archive names its image {name}, which is another image on this appliance; "
+                        "save it under another name (or by image id) and import that"
+                    )
+                kept.add(name)
+            with open(archive, "rb") as f:
+                loaded = client.api.post(
+                    "/images/load",
+                    data=f,
+                    headers={"Content-Type": "application/x-tar"},
+                    timeout=(self._timeout, _IMAGE_READ_TIMEOUT),
+                )
+            loaded.raise_for_status()
+            names = [str(n) for n in loaded.json().get("Names") or []]
+            repo, tag_name = split_reference(tag)
+            _post_params(client, f"/images/{claimed.image_id}/tag", {"repo": repo, "tag": tag_name})
+            # The archive's own names go again, unless they were there before (the same image).
+            for name in names:
+                if name in kept or name.startswith("sha256:") or name == claimed.image_id:
+                    continue
+                name_repo, name_tag = split_reference(name)
+                with suppress(APIError):
+                    _post_params(client, f"/images/{claimed.image_id}/untag", {"repo": name_repo, "tag": name_tag})
+            return claimed.image_id
+
+        async with self._load_lock:
+            return await self._call(load)
+
+    async def tag(self, image: str, new: str) -> None:
+        repo, tag_name = split_reference(new)
+        await self._call(
+            lambda c: _post_params(c, f"/images/{quote(image, safe='')}/tag", {"repo": repo, "tag": tag_name})
+        )
+
+    async def remove_image(self, image: str) -> None:
+        def remove(client: PodmanClient) -> None:
+            # Not forced: a name shared with another image's (an import of the base
+            # image itself) is only untagged, and an image in use stays.
+            response = client.api.delete(f"/images/{quote(image, safe='')}")
+            if response.status_code != 404:
+                response.raise_for_status()
+
+        await self._call(remove)
+
     # Last in the class: a method named `list` shadows the builtin in the
     # annotations of every method after it.
     async def list(self, labels: dict[str, str]) -> list[ContainerInfo]:
@@ -329,6 +482,10 @@ def _container_path(container_id: str, action: str = "") -> str:
 
 def _post(client: PodmanClient, path: str) -> None:
     client.api.post(path).raise_for_status()
+
+
+def _post_params(client: PodmanClient, path: str, params: dict[str, str]) -> None:
+    client.api.post(path, params=params).raise_for_status()
 
 
 def _delete(client: PodmanClient, container_id: str) -> None:
@@ -428,6 +585,62 @@ def create_arguments(spec: ContainerSpec) -> dict[str, Any]:
     return kwargs
 
 
+@dataclass(frozen=True)
+class IdMaps:
+    """A container's user namespace: (inside, host, size) ranges for uids and gids."""
+
+    uids: tuple[tuple[int, int, int], ...] = ()
+    gids: tuple[tuple[int, int, int], ...] = ()
+
+    @property
+    def shifted(self) -> bool:
+        return any(inside != host for inside, host, _ in (*self.uids, *self.gids))
+
+
+def id_maps(mappings: Mapping[str, Any]) -> IdMaps:
+    """From inspect's HostConfig.IDMappings: {"UidMap": ["0:2147549183:65534"], "GidMap": [...]}."""
+
+    def ranges(values: Any) -> tuple[tuple[int, int, int], ...]:
+        out = []
+        for value in values or []:
+            inside, host, size = (int(part) for part in str(value).split(":"))
+            out.append((inside, host, size))
+        return tuple(out)
+
+    return IdMaps(uids=ranges(mappings.get("UidMap")), gids=ranges(mappings.get("GidMap")))
+
+
+# Run in the build container (as the host's root, no user namespace): every file owned
+# by a host id of the sandbox's namespace goes back to the id it had inside.
+_UNSHIFT = """
+import json, os, sys
+uids, gids = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+def back(value, ranges):
+    for inside, host, size in ranges:
+        if host <= value < host + size:
+            return inside + value - host
+    return value
+for top, dirs, files in os.walk("/"):
+    if top == "/":
+        dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+    for name in [""] + dirs + files:
+        path = os.path.join(top, name) if name else top
+        try:
+            st = os.lstat(path)
+            uid, gid = back(st.st_uid, uids), back(st.st_gid, gids)
+            if (uid, gid) != (st.st_uid, st.st_gid):
+                os.lchown(path, uid, gid)
+        except OSError:
+            pass
+"""
+
+
+def unshift_containerfile(image_id: str, maps: IdMaps) -> str:
+    """A one-step build over a committed image that gives files their owners inside back."""
+    command = ["python3", "-c", _UNSHIFT, json.dumps(maps.uids), json.dumps(maps.gids)]
+    return f"FROM {image_id}\nRUN {json.dumps(command)}\n"
+
+
 def network_info(attrs: Mapping[str, Any]) -> NetworkInfo:
     """Our view of a `GET /networks/{name}/json` answer: its first IPv4 subnet."""
     for subnet in attrs.get("subnets") or []:
@@ -481,6 +694,8 @@ def container_stats(container_id: str, report: Any, attrs: Mapping[str, Any]) ->
         mem_used=int(entry.get("MemUsage") or 0),
         mem_total=int(entry.get("MemLimit") or 0),
         disk_used=int(attrs.get("SizeRw") or 0),
+        # Nanoseconds of CPU since the container started (cgroup usage_usec).
+        cpu_seconds=int(entry.get("CPUNano") or 0) / 1e9,
     )
 
 
@@ -505,3 +720,20 @@ def unframe(data: bytes) -> bytes:
         out += data[start : start + size]
         offset = start + size
     return bytes(out)
+
+
+def split_reference(ref: str) -> tuple[str, str]:
+    """`repo[:tag]` -> (repo, tag); a port in the registry host is not a tag."""
+    repo, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:
+        return ref, "latest"
+    return repo, tag
+
+
+def build_command(*, tag: str, labels: dict[str, str], context: Path, iidfile: Path) -> list[str]:
+    """`podman build` of a context folder: no network for RUN steps, nothing pulled."""
+    command = ["podman", "build", "--network", "none", "--pull=never", "--layers", "--force-rm"]
+    command += ["--iidfile", os.fspath(iidfile), "-t", tag, "-f", os.fspath(context / "Containerfile")]
+    for key, value in sorted(labels.items()):
+        command += ["--label", f"{key}={value}"]
+    return [*command, os.fspath(context)]

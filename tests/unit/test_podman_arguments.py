@@ -134,3 +134,19 @@ def test_mkfs_and_mount_commands() -> None:
 def test_seal_refuses_a_folder_podman_has_not_written(tmp_path: Path) -> None:
     with pytest.raises(RuntimeFailure, match="no hosts file"):
         disklimit.seal(tmp_path)
+
+
+def test_a_user_namespaced_commit_is_rebuilt_with_owners_inside() -> None:
+    from controlplane.runtime.podman_runtime import IdMaps, id_maps, unshift_containerfile
+
+    maps = id_maps({"UidMap": ["0:2147549183:65534"], "GidMap": ["0:2147549183:65534"]})
+    assert maps == IdMaps(uids=((0, 2147549183, 65534),), gids=((0, 2147549183, 65534),))
+    assert maps.shifted
+    # No user namespace (gVisor), or an identity map: the commit stands as it is.
+    assert not id_maps({}).shifted
+    assert not id_maps({"UidMap": ["0:0:4294967295"]}).shifted
+    text = unshift_containerfile("abc123", maps)
+    first, run = text.splitlines()
+    assert first == "FROM abc123"
+    command = json.loads(run.removeprefix("RUN "))
+    assert command[:2] == ["python3", "-c"] and json.loads(command[3]) == [[0, 2147549183, 65534]]
