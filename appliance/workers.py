@@ -49,6 +49,7 @@ from controlplane.store import RouteReader
 from controlplane.tokens import load_or_create_secret, mint_access_token
 from gateway.server import Gateway
 from gateway.tls.identity import load_server_tls
+from gateway.traffic import ApiTrafficSink, flush, report_traffic
 from gateway.upstream import Pool, UnixAddress
 from gateway.wake import DEFAULT_WAKE_TIMEOUT, ApiWaker
 
@@ -228,8 +229,13 @@ async def _serve_with(settings: WorkerSettings, reader: RouteReader, signals: As
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals)
         nursery.start_soon(_watch_parent, settings.parent_pid)
+        # Bytes per sandbox go to the appliance's meter over the API socket (gateway/traffic.py).
+        sink = ApiTrafficSink(api=UnixAddress(settings.api_socket), secret=secret)
+        nursery.start_soon(report_traffic, gateway.traffic, sink)
         log.event("gateway.worker_ready", worker=settings.index, pid=os.getpid())
         await gateway.serve(listeners, shutdown)  # returns once drained after SIGTERM
+        with trio.move_on_after(2):
+            await flush(gateway.traffic, sink)
         nursery.cancel_scope.cancel()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 _PURPOSE = b"scalebox-envd-access-v1"
 _PORT_PURPOSE = b"scalebox-port-token-v1"
 _PORT_PREFIX = "spt_"
+_REPORT_PURPOSE = b"scalebox-internal-report-v1"
 SECRET_BYTES = 32
 
 
@@ -53,6 +54,29 @@ def port_token_id(secret: bytes, sandbox_id: str, token: str | None) -> str | No
         return None
     expected = mint_port_token(secret, sandbox_id, token_id)
     return token_id if hmac.compare_digest(expected.encode(), token.encode("utf-8", "replace")) else None
+
+
+def sign_report(secret: bytes, body: bytes, *, now: float, nonce: str) -> str:
+    """A gateway process's signature of an internal report (`POST /v1/internal/traffic`):
+    `<unix time>.<nonce>.<mac>`, the MAC over all three and the body, so a report can
+    be neither altered nor, within its age and with the nonces remembered, replayed."""
+    stamp = str(int(now))
+    mac = hmac.new(secret, _signable(_REPORT_PURPOSE, stamp.encode(), nonce.encode(), body), hashlib.sha256)
+    return f"{stamp}.{nonce}.{mac.hexdigest()}"
+
+
+def verify_report(secret: bytes, body: bytes, signature: str | None, *, now: float, max_age: float) -> str | None:
+    """The nonce of a genuine signature of `body` made within `max_age` seconds of `now`, else None."""
+    if not signature or len(signature) > 200:
+        return None
+    stamp, _, rest = signature.partition(".")
+    nonce, _, _mac = rest.partition(".")
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12 and nonce.isascii() and nonce.isalnum()):
+        return None
+    if abs(now - int(stamp)) > max_age:
+        return None
+    expected = sign_report(secret, body, now=int(stamp), nonce=nonce)
+    return nonce if hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")) else None
 
 
 def load_or_create_secret(path: Path) -> bytes:

@@ -36,6 +36,7 @@ from appliance import log
 from gateway.caps import Counts, address_key
 from gateway.proxy import Waker
 from gateway.streams import peer_of, splice
+from gateway.traffic import TrafficCounter
 from gateway.upstream import TcpAddress, UpstreamUnavailable, open_stream
 
 
@@ -131,8 +132,11 @@ class HostPortForwarder:
         hosts: Sequence[str | None] = (None,),
         limits: HostPortLimits = HostPortLimits(),
         waker: Waker | None = None,
+        traffic: TrafficCounter | None = None,
     ) -> None:
         self.waker = waker
+        # Bytes forwarded per sandbox, for metering (gateway/traffic.py).
+        self.traffic = traffic or TrafficCounter()
         # The live sandboxes, read again whenever `version` changes.
         self._read = sandboxes
         self._version = version
@@ -316,3 +320,4 @@ class HostPortForwarder:
             if conn.ended:
                 fields["outcome"] = "host_port_released"
             fields |= {"bytes_in": moved[0], "bytes_out": moved[1]}
+            self.traffic.add(target.sandbox_id, moved[0], moved[1])

@@ -50,6 +50,7 @@ from gateway.routing.hosts import InvalidHost, normalise_host
 from gateway.streams import PrefixedStream, peer_of, splice
 from gateway.tls.clienthello import NEED_MORE_DATA, ClientHello, ClientHelloReader, NotClientHello, looks_like_tls
 from gateway.tls.identity import ServerTls
+from gateway.traffic import TrafficCounter
 from gateway.upstream import Pool, UpstreamUnavailable, open_stream
 
 # SNI (normalised) -> what a TLS connection is before any HTTP (None: HTTP).
@@ -81,9 +82,12 @@ class Gateway:
         worker: int = 0,
         streams: StreamRouter = lambda _sni: None,
         waker: Waker | None = None,
+        traffic: TrafficCounter | None = None,
     ) -> None:
         self.router = router
         self.streams = streams
+        # Bytes forwarded per sandbox, for metering (gateway/traffic.py reports them).
+        self.traffic = traffic or TrafficCounter()
         # Resumes a sandbox that auto_pause put to sleep (None: such a sandbox gets 409).
         self.waker = waker
         # Which gateway process this is (0: the appliance's own), for the access log.
@@ -245,12 +249,14 @@ class Gateway:
                 with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await client.aclose()
             self._per_sandbox.give_back(verdict.sandbox_id)
+            # Passthrough: the ClientHello is the sandbox's too.
+            bytes_in = moved[0] + (len(received) if verdict.passthrough else 0)
+            self.traffic.add(verdict.sandbox_id, bytes_in, moved[1])
             log.event(
                 "gateway.connection",
                 **fields,
                 outcome=outcome,
-                # Passthrough: the ClientHello is the sandbox's too.
-                bytes_in=moved[0] + (len(received) if verdict.passthrough else 0),
+                bytes_in=bytes_in,
                 bytes_out=moved[1],
                 ms=round((time.monotonic() - started) * 1000, 2),
             )
@@ -266,6 +272,7 @@ class Gateway:
             exchanges=self._per_sandbox,
             worker=self.worker,
             waker=self.waker,
+            traffic=self.traffic,
         )
         await session.run()
 
