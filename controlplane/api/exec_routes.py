@@ -167,7 +167,10 @@ def register(app: QuartTrio, *, service: SandboxService, secret: bytes) -> None:
             if "args" in request.args:
                 body["args"] = request.args.getlist("args")
             if "timeout" in query:
-                body["timeout"] = int(query["timeout"]) if query["timeout"].isdigit() else query["timeout"]
+                raw = query["timeout"]
+                # isascii: isdigit() also accepts "²", which int() refuses; the length keeps int() from
+                # its 4300-digit ValueError. Anything else goes on as text, for parse_exec to refuse.
+                body["timeout"] = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else raw
         else:
             body = await read_json_body()
         req = parse_exec(body)

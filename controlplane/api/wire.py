@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import trio
 from quart import Response, request
+from werkzeug.exceptions import HTTPException
 
 from controlplane.errors import BadRequest
 
@@ -35,3 +37,26 @@ async def read_json_body() -> Any:
     except ValueError as exc:
         # Not a JSONDecodeError: int() refusing a number of more than 4300 digits.
         raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+# How long an answer waits for the rest of a request body it did not need.
+DRAIN_SECONDS = 10.0
+
+
+async def drain_body() -> None:
+    """Read and drop whatever is left of the request's body, before the answer goes out.
+
+    Hypercorn (0.18, HTTP/1.1) leaves a keep-alive connection stuck when the answer is sent
+    before the client has sent the whole body: the client's next request on that connection
+    is never answered (seen with requests, which writes headers and body apart). Errors
+    raised before a route reads its body (a missing API key, an unknown sandbox, a bad
+    query) answer early like that, so every answer first takes the rest of the body, chunk
+    by chunk (nothing is buffered), for at most DRAIN_SECONDS.
+    """
+    with trio.move_on_after(DRAIN_SECONDS):
+        try:
+            async for _ in request.body:
+                pass
+        except HTTPException:
+            # 413: a body over the limit is refused unread; there is nothing to drain.
+            pass
