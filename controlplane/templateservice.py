@@ -22,6 +22,7 @@ from controlplane.api.template_schemas import TemplateFields, require_name
 from controlplane.apikeys import random_id
 from controlplane.containerfile import rewrite
 from controlplane.errors import ApiError, Conflict, Forbidden, NotFound
+from controlplane.events import new_event
 from controlplane.lifecycle.service import SandboxService
 from controlplane.lifecycle.states import LIVE, State
 from controlplane.runtime.base import RUNC, RuntimeFailure
@@ -172,6 +173,17 @@ class TemplateService:
             self.templates.append_log(template_id, f"failed: {reason}")
         self.templates.update(replace(template, status=status, reason=reason, updated_at=self.clock()))
         log.event("template.built", template_id=template_id, status=status, reason=reason)
+        # Webhooks and notifications of the template's owner hear of it (controlplane/events.py).
+        kind = "template.built" if status == READY else "template.failed"
+        self.sandboxes.events.publish(
+            new_event(
+                kind,
+                owner_id=template.owner_id or "",
+                subject_id=template_id,
+                data={"name": template.name, "status": status, "reason": reason},
+                now=self.clock(),
+            )
+        )
 
     # -- changing ------------------------------------------------------------------
 

@@ -435,3 +435,15 @@ async def test_log_tail_refuses_huge_numbers_clearly(api: Api) -> None:  # noqa:
         assert status == 400 and "tail" in payload["message"], bad
     status, payload = await api.call("GET", f"/v1/templates/{tid}/logs", query={"tail": "2"})
     assert status == 200 and len(payload["data"]["lines"]) == 2
+
+
+async def test_builds_tell_their_owner_through_events(api: Api) -> None:  # noqa: F811
+    ok = await build(api, name="told-ok")
+    await settle(api, ok["template_id"])
+    api.runtime.fail_next("build", RuntimeFailure("the build failed: RUN false: exit status 1"))
+    bad = await build(api, name="told-bad")
+    await settle(api, bad["template_id"])
+    _, payload = await api.call("GET", "/v1/notifications")
+    kinds = {(n["type"], n["subject_id"]) for n in payload["data"]["notifications"]}
+    assert ("template.built", ok["template_id"]) in kinds
+    assert ("template.failed", bad["template_id"]) in kinds
