@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -76,15 +77,24 @@ def name_server() -> Iterator[NameServer]:
     """Authoritative for *.test (ZONE), NXDOMAIN for the rest; on loopback, for the appliance."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
+    # A thread blocked in recvfrom is not woken by close(): it would read from whatever
+    # reuses the descriptor later (another test's socket). So it polls a stop flag.
+    sock.settimeout(0.2)
+    stop = threading.Event()
     server = NameServer(port=sock.getsockname()[1])
 
     def serve() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 wire, peer = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
             except OSError:
                 return
-            query = dns.message.from_wire(wire)
+            try:
+                query = dns.message.from_wire(wire)
+            except dns.exception.DNSException:
+                continue  # not a DNS query: nothing to answer
             question = query.question[0]
             name = question.name.to_text(omit_final_dot=True).lower()
             server.queries.append(name)
@@ -96,10 +106,13 @@ def name_server() -> Iterator[NameServer]:
                 response.answer.append(dns.rrset.from_text(question.name, 30, "IN", "A", address))
             sock.sendto(response.to_wire(), peer)
 
-    threading.Thread(target=serve, daemon=True).start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
     try:
         yield server
     finally:
+        stop.set()
+        thread.join(5)
         sock.close()
 
 

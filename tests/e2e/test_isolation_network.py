@@ -99,6 +99,16 @@ class Setup:
         raise AssertionError(f"no link-local address in {sandbox_id}: {text}")
 
 
+def link_local_settled(sandbox_id: str) -> bool:
+    """Whether eth0's fe80:: address in the sandbox is past DAD (not IFA_F_TENTATIVE, 0x40)."""
+    text = podman("exec", container_name(sandbox_id), "cat", "/proc/net/if_inet6")
+    for line in text.splitlines():
+        fields = line.split()
+        if fields[-1] == "eth0" and fields[0].startswith("fe80"):
+            return not int(fields[4], 16) & 0x40
+    return False
+
+
 def sandbox_ip(sandbox_id: str) -> str:
     inspected = json.loads(podman("inspect", container_name(sandbox_id)))[0]
     (network,) = inspected["NetworkSettings"]["Networks"].values()
@@ -110,8 +120,23 @@ def bridge_of(app: Appliance) -> Bridge:
     network = json.loads(podman("network", "inspect", name))[0]
     subnet = network["subnets"][0]
     interface = network["network_interface"]
-    addresses = json.loads(run("ip", "-j", "-6", "addr", "show", "dev", interface))
-    link_local = next(a["local"] for i in addresses for a in i["addr_info"] if a["local"].startswith("fe80"))
+    # The bridge's link-local address is "tentative" for a moment while the kernel checks
+    # it is unique (DAD); nothing can connect to it until then.
+    link_local = ""
+
+    def settled() -> bool:
+        nonlocal link_local
+        addresses = json.loads(run("ip", "-j", "-6", "addr", "show", "dev", interface))
+        found = [
+            a["local"]
+            for i in addresses
+            for a in i["addr_info"]
+            if a["local"].startswith("fe80") and not a.get("tentative")
+        ]
+        link_local = found[0] if found else ""
+        return bool(found)
+
+    wait_for(settled, 10, f"a settled link-local address on {interface}")
     return Bridge(name, interface, subnet["subnet"], subnet["gateway"], link_local)
 
 
@@ -135,6 +160,10 @@ def setup() -> Iterator[Setup]:
         start_in_sandbox(offline, "python3", "-m", "http.server", "--bind", "::", str(SANDBOX_PORT))
         bridge = bridge_of(app)
         setup = Setup(app, bridge, online, other, offline)
+        # Each sandbox's own link-local address must be past DAD too, or an IPv6 probe
+        # from it fails with "cannot assign requested address" rather than a refusal.
+        for sid in (online, other, offline):
+            wait_for(lambda sid=sid: link_local_settled(sid), 10, f"a settled link-local address in {sid}")
         for sid in (other, offline):
             ip = setup.ip(sid)
             wait_for(lambda ip=ip: host_can_connect(ip, SANDBOX_PORT), 15, f"port {SANDBOX_PORT} in {sid}")
@@ -152,22 +181,29 @@ def host_service() -> Iterator[int]:
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind(("::", 0))
     server.listen(16)
+    # close() does not wake a thread blocked in accept(): it polls a stop flag instead,
+    # so it never accepts on a descriptor some later test reuses.
+    server.settimeout(0.2)
     stop = threading.Event()
 
     def serve() -> None:
         while not stop.is_set():
             try:
                 conn, _ = server.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             with conn:
                 conn.sendall(b"host-secret\n")
 
-    threading.Thread(target=serve, daemon=True).start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
     try:
         yield int(server.getsockname()[1])
     finally:
         stop.set()
+        thread.join(5)
         server.close()
 
 
