@@ -5,6 +5,7 @@ holding its own certificate."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
 import subprocess
@@ -61,6 +62,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance,
         yield app, sandbox, work
     finally:
         stop_and_clean(app)
+        shutil.rmtree(app.data_dir, ignore_errors=True)
 
 
 def _mint(app: Appliance, sid: str, port: int, **body: Any) -> dict[str, Any]:
