@@ -126,8 +126,7 @@ async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float)
     ever talks one way is busy, not idle. Two plain TCP sockets are relayed inside
     the kernel (gateway/zerocopy.py).
     """
-    if isinstance(a, trio.SocketStream) and isinstance(b, trio.SocketStream) and zerocopy.available():
-        return await zerocopy.splice_sockets(a, b, idle_timeout=idle_timeout)
+    in_kernel = isinstance(a, trio.SocketStream) and isinstance(b, trio.SocketStream) and zerocopy.available()
     activity = _Activity()
     a_to_b, b_to_a = [0], [0]
     async with trio.open_nursery() as nursery:
@@ -135,7 +134,11 @@ async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float)
 
         async def pump(src: trio.abc.Stream, dst: trio.abc.Stream, moved: list[int]) -> None:
             nonlocal done
-            told = await _pump(src, dst, activity, moved)
+            if in_kernel:
+                assert isinstance(src, trio.SocketStream) and isinstance(dst, trio.SocketStream)
+                told = await zerocopy.pump(src.socket, dst.socket, activity, moved)
+            else:
+                told = await _pump(src, dst, activity, moved)
             done += 1
             if done == 2 or not told:
                 nursery.cancel_scope.cancel()

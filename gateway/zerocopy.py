@@ -6,9 +6,9 @@ CPU-seconds per GB, a whole core at 400 MB/s. splice moves the pages from one
 socket into a pipe and from the pipe into the other socket without them reaching
 user space, so the process only wakes to move the next batch.
 
-Only for two plain sockets (TLS must be ended in user space). Same contract as
-gateway.streams.splice: both directions until both end, a half-close passed on,
-and the pair cut when nothing moved either way for `idle_timeout`.
+Only for two plain sockets (TLS must be ended in user space): gateway.streams.splice
+runs this pump instead of its own for them, and keeps the rest (both directions,
+the idle timeout) for both.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import socket
+from typing import Protocol
 
 import trio
 
@@ -31,15 +32,15 @@ def available() -> bool:
     return hasattr(os, "splice")
 
 
-class _Activity:
-    def __init__(self) -> None:
-        self.last = trio.current_time()
+class Activity(Protocol):
+    """When bytes last moved either way (gateway.streams keeps it for the idle timeout)."""
+
+    last: float
 
 
-async def _pump(
-    src: trio.socket.SocketType, dst: trio.socket.SocketType, activity: _Activity, moved: list[int]
-) -> None:
-    """src -> dst until src ends or either breaks; then tell dst no more is coming."""
+async def pump(src: trio.socket.SocketType, dst: trio.socket.SocketType, activity: Activity, moved: list[int]) -> bool:
+    """src -> dst until src ends or either breaks; then tell dst no more is coming (always
+    possible on TCP: returns True, as gateway.streams' pumps say whether the end was told)."""
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         with contextlib.suppress(OSError):
@@ -73,27 +74,4 @@ async def _pump(
         os.close(write_end)
     with contextlib.suppress(OSError):
         dst.shutdown(socket.SHUT_WR)
-
-
-async def splice_sockets(a: trio.SocketStream, b: trio.SocketStream, *, idle_timeout: float) -> tuple[int, int]:
-    """Bytes both ways until both directions end or the pair is idle; returns (a->b, b->a)."""
-    activity = _Activity()
-    a_to_b, b_to_a = [0], [0]
-    async with trio.open_nursery() as nursery:
-        done = 0
-
-        async def pump(src: trio.socket.SocketType, dst: trio.socket.SocketType, moved: list[int]) -> None:
-            nonlocal done
-            await _pump(src, dst, activity, moved)
-            done += 1
-            if done == 2:
-                nursery.cancel_scope.cancel()
-
-        nursery.start_soon(pump, a.socket, b.socket, a_to_b)
-        nursery.start_soon(pump, b.socket, a.socket, b_to_a)
-        while True:
-            await trio.sleep_until(activity.last + idle_timeout)
-            if trio.current_time() >= activity.last + idle_timeout:
-                nursery.cancel_scope.cancel()
-                break
-    return a_to_b[0], b_to_a[0]
+    return True

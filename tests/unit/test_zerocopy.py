@@ -72,7 +72,7 @@ async def test_an_idle_pair_is_cut_and_a_reset_ends_it() -> None:
     client, a = await pair()
     b, server = await pair()
     with trio.fail_after(5):
-        assert await zerocopy.splice_sockets(a, b, idle_timeout=0.2) == (0, 0)
+        assert await splice(a, b, idle_timeout=0.2) == (0, 0)
     for s in (client, a, b, server):
         await s.aclose()
     client, a = await pair()
@@ -81,7 +81,7 @@ async def test_an_idle_pair_is_cut_and_a_reset_ends_it() -> None:
         result: list[tuple[int, int]] = []
 
         async def relay() -> None:
-            result.append(await zerocopy.splice_sockets(a, b, idle_timeout=30))
+            result.append(await splice(a, b, idle_timeout=30))
 
         nursery.start_soon(relay)
         await client.send_all(b"abc")
@@ -99,7 +99,7 @@ async def test_closing_a_stream_from_elsewhere_ends_the_relay() -> None:
     b, server = await pair()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(zerocopy.splice_sockets, a, b, idle_timeout=30))
+            nursery.start_soon(functools.partial(splice, a, b, idle_timeout=30))
             await trio.sleep(0.05)
             # What the host-port forwarder does when a port is released.
             await trio.aclose_forcefully(a)
