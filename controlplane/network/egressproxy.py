@@ -50,6 +50,7 @@ import trio
 
 from appliance import log
 from controlplane.egress import Address, EgressPolicy, Network, normalise_name
+from controlplane.network.bridgesocket import bind_on_bridge
 from controlplane.network.ruleset import BLOCKED_DESTINATIONS
 from gateway.caps import Counts
 from gateway.streams import splice
@@ -70,7 +71,6 @@ MAX_PER_SOURCE = 256
 _FORBID_LINGER = 1.0
 _FORBID_DRAIN = 256 * 1024
 _BACKLOG = 512
-_IP_FREEBIND = 15  # linux/in.h: bind an address the host does not have (yet)
 _SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 _SOCKADDR_IN = 16
 
@@ -353,10 +353,7 @@ class EgressProxy:
         """Listen and serve until cancelled; `started` with the port bound (for port 0)."""
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         with sock:
-            # The bridge (and so its address) appears with the first container.
-            sock.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            await sock.bind((self.address, self.port))
+            await bind_on_bridge(sock, self.address, self.port)
             sock.listen(_BACKLOG)
             port: int = sock.getsockname()[1]
             async with trio.open_nursery() as nursery:

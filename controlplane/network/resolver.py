@@ -29,6 +29,7 @@ import trio
 
 from appliance import log
 from controlplane.egress import EgressPolicy, normalise_name
+from controlplane.network.bridgesocket import bind_on_bridge
 
 # How long an address handed out stays reachable, at least and at most (seconds):
 # clients cache answers beyond their TTL, and a TTL of 0 must not make a rule vanish
@@ -37,7 +38,6 @@ MIN_GRANT = 60
 MAX_GRANT = 24 * 3600
 UPSTREAM_TIMEOUT = 3.0
 MAX_IN_FLIGHT = 256
-_IP_FREEBIND = 15  # linux/in.h: bind an address the host does not have (yet)
 
 
 @dataclass(frozen=True)
@@ -116,10 +116,7 @@ class Resolver:
         udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tcp = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         for sock in (udp, tcp):
-            # The bridge (and so its address) appears with the first container.
-            sock.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            await sock.bind((self.address, self.port))
+            await bind_on_bridge(sock, self.address, self.port)
         tcp.listen(64)
         with udp, tcp:
             async with trio.open_nursery() as nursery:

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from controlplane.lifecycle.states import State
 from controlplane.network.directory import Directory
 from controlplane.network.grants import AddressNames
 from controlplane.records import SandboxRecord
-
-
-def record(n: int, **changes: Any) -> SandboxRecord:
-    fields: dict[str, Any] = {
-        "id": f"sbx-{n}",
-        "template_id": "base",
-        "state": State.RUNNING,
-        "ip": f"10.89.7.{n}",
-        "cpu_count": 1,
-        "memory_mb": 512,
-        "storage_gb": 0,
-        "timeout": 300,
-        "created_at": 0.0,
-        "updated_at": 0.0,
-    }
-    fields.update(changes)
-    return SandboxRecord(**fields)
+from tests.unit.test_network_ruleset import record
 
 
 def test_directory_maps_live_addresses_and_rereads_only_on_a_new_version() -> None:
