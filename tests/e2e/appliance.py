@@ -162,12 +162,20 @@ class Appliance:
 def remove_containers(*names: str) -> None:
     """`podman rm -f`, as PodmanRuntime.remove does it: stop, let go of a /dev/shm that
     Podman 4.3 can leave mounted (user namespaces), then remove."""
-    with contextlib.suppress(RuntimeError, RuntimeFailure):
-        podman("stop", "-t", "0", *names)
-        for attrs in json.loads(podman("inspect", *names)):
-            if attrs["State"]["Status"] in ("exited", "stopped"):
-                release_shm(attrs)
-    podman("rm", "-f", "-t", "0", *names)
+    for attempt in (1, 2):
+        with contextlib.suppress(RuntimeError, RuntimeFailure):
+            podman("stop", "-t", "0", *names)
+            for attrs in json.loads(podman("inspect", *names)):
+                if attrs["State"]["Status"] in ("exited", "stopped"):
+                    release_shm(attrs)
+        try:
+            podman("rm", "-f", "-t", "0", *names)
+            return
+        except RuntimeError:
+            # The race can still leave the shm mount busy for a moment: let go and try once more.
+            if attempt == 2:
+                raise
+            time.sleep(1)
 
 
 def podman(*args: str) -> str:
